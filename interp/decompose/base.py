@@ -1,0 +1,124 @@
+"""The interface every decomposer meets, and the file format they share.
+
+A decomposer maps activations `x [n, d_in]` to non-negative codes `[n, n_features]` and back:
+
+    fit(data: ActivationStore | Tensor[n, d_in]) -> self
+    encode(x: Tensor[n, d_in]) -> Tensor[n, n_features]      # dense, >= 0
+    decode(codes: Tensor[n, n_features]) -> Tensor[n, d_in]
+    directions -> Tensor[n_features, d_in]                    # unit feature vectors in activation space
+    save(folder) / load(folder)                               # model.safetensors + config.json, no pickle
+
+Each method has a frozen config dataclass; `config.json` holds {"method": name, "config": {...}, **extra}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from safetensors.torch import load_file
+
+from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+# method name -> "module:Class"; imported lazily so a method's dependencies load only when used.
+METHODS: dict[str, str] = {
+    "snmf": "interp.decompose.snmf:SNMF",
+    "relu": "interp.decompose.sae:SAE",
+    "topk": "interp.decompose.sae:SAE",
+    "batchtopk": "interp.decompose.sae:SAE",
+    "jumprelu": "interp.decompose.sae:SAE",
+    "mpsae": "interp.decompose.mp_sae:MPSAE",
+}
+
+
+class DecomposerError(ValueError):
+    """Bad input to a decomposer: wrong shape, NaN, impossible settings."""
+
+
+@runtime_checkable
+class Decomposer(Protocol):
+    d_in: int
+    n_features: int
+
+    def fit(self, data: ActivationStore | torch.Tensor) -> Decomposer: ...
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor: ...
+
+    @property
+    def directions(self) -> torch.Tensor: ...
+
+    def save(self, folder: str | Path) -> None: ...
+
+
+def method_class(method: str) -> type:
+    """The decomposer class registered under `method`."""
+    if method not in METHODS:
+        raise DecomposerError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    module, name = METHODS[method].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_decomposer(folder: str | Path) -> Decomposer:
+    """Load any saved decomposer; its config.json says which method it is."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).exists():
+        raise DecomposerError(f"no decomposer at {folder} (no {CONFIG_FILE}); fit one with `interp fit`")
+    method = json.loads((folder / CONFIG_FILE).read_text()).get("method")
+    return method_class(method).load(folder)
+
+
+def check_activations(x: torch.Tensor, d_in: int | None = None, what: str = "activations") -> torch.Tensor:
+    """Validate `x [n, d_in]`: 2-D, the right width, finite. Returns `x` unchanged."""
+    if not isinstance(x, torch.Tensor):
+        raise DecomposerError(f"{what} must be a torch.Tensor [n, d_in], got {type(x).__name__}")
+    if x.ndim != 2:
+        raise DecomposerError(f"{what} must be 2-D [n, d_in], got shape {list(x.shape)}; flatten batch and position")
+    if d_in is not None and x.shape[1] != d_in:
+        raise DecomposerError(
+            f"{what} have width {x.shape[1]} but this decomposer was fitted on d_in={d_in}; "
+            "use activations of the same site"
+        )
+    if x.shape[0] == 0:
+        raise DecomposerError(f"{what} are empty (0 rows); capture some tokens first")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero()[:5, 0].tolist()
+        raise DecomposerError(f"{what} contain NaN or inf (rows {bad}...); fix or drop those rows first")
+    return x
+
+
+def save_decomposer(
+    folder: str | Path, method: str, config: Any, tensors: dict[str, torch.Tensor], extra: dict | None = None
+) -> None:
+    """Write `model.safetensors` and `config.json` atomically into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / WEIGHTS_FILE)
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    atomic_write_json(folder / CONFIG_FILE, {"method": method, "config": cfg, **(extra or {})})
+
+
+def read_decomposer(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json contents, tensors) of a saved decomposer."""
+    folder = Path(folder)
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    return meta, load_file(str(folder / WEIGHTS_FILE))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

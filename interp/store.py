@@ -1,0 +1,286 @@
+"""ActivationStore: one site's activations on disk, sharded, with the tokens they came from.
+
+Layout of a store folder (one per site)::
+
+    <run>/<site>/manifest.json                 # StoreManifest, rewritten atomically after each shard
+    <run>/<site>/shard_00000.safetensors        # acts [n, d], token_ids [n], context_ids [n], positions [n]
+
+A shard is written to a temporary name and renamed, and only shards listed in the manifest are ever read,
+so a killed writer leaves a store that is valid up to its last committed shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from interp import __version__
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class StoreError(ValueError):
+    """A store on disk is missing, corrupt, or does not match what is asked of it."""
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    n_tokens: int
+    n_bytes: int
+    context_start: int  # first context index (in corpus order) held by this shard
+    context_end: int  # one past the last context index
+
+
+@dataclass
+class StoreManifest:
+    model: str
+    site: str
+    d: int
+    dtype: str
+    corpus_fingerprint: str
+    context_len: int
+    drop_bos: bool
+    shards: list[ShardInfo] = field(default_factory=list)
+    interp_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s.n_tokens for s in self.shards)
+
+    @property
+    def n_contexts(self) -> int:
+        return self.shards[-1].context_end if self.shards else 0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "n_tokens": self.n_tokens, "n_contexts": self.n_contexts}
+
+    @classmethod
+    def from_json(cls, data: dict) -> StoreManifest:
+        data = dict(data)
+        data.pop("n_tokens", None)
+        data.pop("n_contexts", None)
+        if data.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"store format version {data.get('format_version')} is not {FORMAT_VERSION}; "
+                "re-run `interp capture` into a new --out folder"
+            )
+        shards = [ShardInfo(**s) for s in data.pop("shards")]
+        return cls(**data, shards=shards)
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    """Write JSON to `path` so that readers see either the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> int:
+    """Save tensors to `path` through a temporary file and a rename; returns the file size in bytes."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+class ActivationStore:
+    """Activations of one site: `acts [n_tokens, d]` in shards, plus token ids, context ids and positions."""
+
+    def __init__(self, path: str | Path, manifest: StoreManifest):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    # ----------------------------------------------------------------- open / create
+    @classmethod
+    def open(cls, path: str | Path) -> ActivationStore:
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.exists():
+            hint = ""
+            if path.exists():
+                subs = sorted(p.name for p in path.iterdir() if (p / MANIFEST).exists())
+                if subs:
+                    hint = f"; this folder holds the stores of sites {', '.join(subs)}: pass one of them"
+            raise StoreError(f"no activation store at {path} (no {MANIFEST}){hint}")
+        try:
+            manifest = StoreManifest.from_json(json.loads(manifest_path.read_text()))
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise StoreError(f"corrupt manifest {manifest_path}: {e}; delete the folder and capture again") from e
+        return cls(path, manifest)
+
+    @classmethod
+    def create(cls, path: str | Path, manifest: StoreManifest) -> ActivationStore:
+        """Open the store at `path` for appending, or start one. An existing store must match `manifest`."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            store = cls.open(path)
+            store._check_matches(manifest)
+            return store
+        path.mkdir(parents=True, exist_ok=True)
+        store = cls(path, manifest)
+        store._write_manifest()
+        return store
+
+    def _check_matches(self, wanted: StoreManifest) -> None:
+        have = self.manifest
+        for key in ("model", "site", "d", "dtype", "corpus_fingerprint", "context_len", "drop_bos"):
+            if getattr(have, key) != getattr(wanted, key):
+                raise StoreError(
+                    f"the store at {self.path} was captured with {key}={getattr(have, key)!r}, but this run "
+                    f"has {key}={getattr(wanted, key)!r}; use another --out folder, or delete this one"
+                )
+
+    def _write_manifest(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self.manifest.to_json())
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def d(self) -> int:
+        return self.manifest.d
+
+    @property
+    def site(self) -> str:
+        return self.manifest.site
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.manifest.dtype]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.manifest.n_tokens
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.manifest.shards)
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"ActivationStore({self.path}, site={m.site}, d={m.d}, n_tokens={m.n_tokens}, shards={len(m.shards)})"
+
+    # ----------------------------------------------------------------- writing
+    def append(
+        self,
+        acts: torch.Tensor,
+        token_ids: torch.Tensor,
+        context_ids: torch.Tensor,
+        positions: torch.Tensor,
+        context_end: int,
+    ) -> None:
+        """Commit one shard: `acts [n, d]` and per-token ids `[n]`, covering contexts up to `context_end`."""
+        n = acts.shape[0]
+        if acts.ndim != 2 or acts.shape[1] != self.d:
+            raise StoreError(f"acts must be [n, {self.d}] for site {self.site}, got {list(acts.shape)}")
+        if not (token_ids.shape[0] == context_ids.shape[0] == positions.shape[0] == n):
+            raise StoreError("token_ids, context_ids and positions must have one entry per activation row")
+        start = self.manifest.n_contexts
+        index = len(self.manifest.shards)
+        name = f"shard_{index:05d}.safetensors"
+        n_bytes = atomic_save_safetensors(
+            {
+                "acts": acts.to(self.dtype).cpu(),
+                "token_ids": token_ids.to(torch.int32).cpu(),
+                "context_ids": context_ids.to(torch.int64).cpu(),
+                "positions": positions.to(torch.int32).cpu(),
+            },
+            self.path / name,
+        )
+        self.manifest.shards.append(ShardInfo(name, n, n_bytes, start, context_end))
+        self._write_manifest()
+
+    def truncate(self, n_contexts: int) -> None:
+        """Forget shards past `n_contexts` (used to line up the sites of an interrupted capture)."""
+        keep = [s for s in self.manifest.shards if s.context_end <= n_contexts]
+        if len(keep) != len(self.manifest.shards):
+            self.manifest.shards = keep
+            self._write_manifest()
+
+    # ----------------------------------------------------------------- reading
+    def load_shard(self, index: int) -> dict[str, torch.Tensor]:
+        """One shard as tensors: acts [n, d], token_ids [n], context_ids [n], positions [n]."""
+        info = self.manifest.shards[index]
+        file = self.path / info.file
+        if not file.exists():
+            raise StoreError(f"shard {file} is listed in the manifest but missing; capture again into a new folder")
+        size = file.stat().st_size
+        if size != info.n_bytes:
+            raise StoreError(
+                f"shard {file} has {size} bytes, the manifest says {info.n_bytes}: it is truncated or corrupt; "
+                f"delete the folder and capture again"
+            )
+        try:
+            tensors = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise StoreError(f"shard {file} cannot be read ({e}); delete the folder and capture again") from e
+        if tensors["acts"].shape != (info.n_tokens, self.d):
+            raise StoreError(f"shard {file} holds acts {list(tensors['acts'].shape)}, expected [{info.n_tokens}, {self.d}]")
+        return tensors
+
+    def iter_shards(self, dtype: torch.dtype | None = torch.float32) -> Iterator[torch.Tensor]:
+        """Yield each shard's acts `[n_shard, d]` in order (None keeps the stored dtype)."""
+        for i in range(self.n_shards):
+            acts = self.load_shard(i)["acts"]
+            yield acts if dtype is None else acts.to(dtype)
+
+    def load_all(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All activations in memory, `[n_tokens, d]`. For stores larger than RAM use `batches`."""
+        if self.n_tokens == 0:
+            raise StoreError(f"the store at {self.path} is empty; capture some tokens first")
+        return torch.cat(list(self.iter_shards(dtype)))
+
+    def tokens(self) -> dict[str, torch.Tensor]:
+        """token_ids, context_ids, positions of every stored row, `[n_tokens]` each, in store order."""
+        parts = [self.load_shard(i) for i in range(self.n_shards)]
+        return {k: torch.cat([p[k] for p in parts]) for k in ("token_ids", "context_ids", "positions")}
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_shards: int = 4,
+        dtype: torch.dtype = torch.float32,
+        drop_last: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """Minibatches `[batch_size, d]` of activations, read shard by shard.
+
+        With `shuffle`, shards are visited in a random order and up to `buffer_shards` of them are mixed in
+        memory at a time, so memory stays bounded by `buffer_shards` shards whatever the store's size.
+        """
+        if self.n_tokens == 0:
+            raise StoreError(f"the store at {self.path} is empty; capture some tokens first")
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.n_shards, generator=gen).tolist() if shuffle else list(range(self.n_shards))
+        leftover = torch.empty(0, self.d, dtype=dtype)
+        for group_start in range(0, len(order), buffer_shards):
+            group = order[group_start : group_start + buffer_shards]
+            buffer = torch.cat([leftover] + [self.load_shard(i)["acts"].to(dtype) for i in group])
+            if shuffle:
+                buffer = buffer[torch.randperm(buffer.shape[0], generator=gen)]
+            n_full = buffer.shape[0] // batch_size * batch_size
+            for start in range(0, n_full, batch_size):
+                yield buffer[start : start + batch_size]
+            leftover = buffer[n_full:]
+        if leftover.shape[0] and not drop_last:
+            yield leftover
+
+
+def as_tensor(data: ActivationStore | torch.Tensor) -> torch.Tensor:
+    """Activations `[n, d]` from a store (loaded whole) or a tensor (passed through)."""
+    return data.load_all() if isinstance(data, ActivationStore) else data
