@@ -1,0 +1,264 @@
+"""The `interp` command line: capture | fit | models | summary | demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _offline_by_default() -> None:
+    """No hub calls unless the user asked for them: loads work offline and fail fast behind a firewall."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def middle_sites(n_layers: int) -> str:
+    layer = n_layers // 2
+    return f"{layer}.mlp_hidden,{layer}.resid_post"
+
+
+def default_run_dir(model: str, corpus: str) -> Path:
+    from interp.paths import cache_dir
+
+    return cache_dir() / "activations" / Path(model).name / Path(corpus).stem
+
+
+# ------------------------------------------------------------------------------------------ capture
+def run_capture(
+    model_name: str, sites: str | None, corpus: str, n_tokens: int, context_len: int, batch_size: int,
+    backend: str, device: str, dtype: str, out: Path | None, text_column: str = "text", keep_bos: bool = False,
+) -> tuple[dict, Any]:
+    """Load, pack, capture; returns (stores by site, stats)."""
+    from interp.capture import capture
+    from interp.corpus import load_contexts
+    from interp.models import load_model
+
+    model = load_model(model_name, device=device)
+    sites = sites or middle_sites(model.info.n_layers)
+    contexts = load_contexts(model.tokenizer, corpus, context_len, n_tokens, text_column)
+    out = out or default_run_dir(model_name, corpus)
+    typer.echo(f"capturing {sites} of {model.info.name} on {device} ({model.device}) into {out}")
+    return capture(model, contexts, sites, out, backend=backend, batch_size=batch_size, dtype=dtype,
+                   drop_bos=not keep_bos)
+
+
+@app.command("capture")
+def capture_cmd(
+    model: Annotated[str, typer.Option(help="built-in name, local HF folder, .gguf file, or hub name")] = "gemma-3-270m",
+    sites: Annotated[str | None, typer.Option(help="comma-separated, e.g. 9.mlp_hidden,9.resid_post (default: middle layer)")] = None,
+    corpus: Annotated[str, typer.Option(help="'bbc' (built in), a .txt/.jsonl/.parquet/.csv file, or a hub dataset")] = "bbc",
+    n_tokens: Annotated[int, typer.Option(help="tokens to store per site (BOS excluded)")] = 100_000,
+    context_len: Annotated[int, typer.Option(help="tokens per context, BOS included")] = 128,
+    batch_size: int = 8,
+    backend: Annotated[str, typer.Option(help="nnsight | transformer_lens | torch")] = "nnsight",
+    device: Annotated[str, typer.Option(help="auto (GPU when there is one) | cpu | cuda | cuda:1 ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="stored dtype: float32 | float16 | bfloat16")] = "float32",
+    out: Annotated[Path | None, typer.Option(help="run folder (default cache/activations/MODEL/CORPUS)")] = None,
+    text_column: str = "text",
+    keep_bos: Annotated[bool, typer.Option(help="store the BOS position too")] = False,
+) -> None:
+    """Capture activations at sites into a resumable, sharded store (rerun the same command to resume)."""
+    _offline_by_default()
+    try:
+        stores, stats = run_capture(model, sites, corpus, n_tokens, context_len, batch_size, backend, device,
+                                    dtype, out, text_column, keep_bos)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"wrote {stats.n_tokens:,} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:,.0f} tokens/s)")
+    print_summary(list(stores.values()))
+
+
+# ------------------------------------------------------------------------------------------ summary
+def store_summary(store: Any, max_rows: int = 20_000) -> dict[str, Any]:
+    """Basic statistics of a store, from its first `max_rows` rows."""
+    import torch
+
+    acts = next(store.iter_shards())[:max_rows]
+    norms = acts.norm(dim=1)
+    return {
+        "site": store.site, "n_tokens": store.n_tokens, "d": store.d, "shards": store.n_shards,
+        "mean_norm": float(norms.mean()), "mean": float(acts.mean()),
+        "frac_positive": float((acts > 0).float().mean()),
+        "max_abs": float(acts.abs().max()), "dtype": store.manifest.dtype,
+        "size_mb": sum(s.n_bytes for s in store.manifest.shards) / 2**20,
+        "finite": bool(torch.isfinite(acts).all()),
+    }  # fmt: skip
+
+
+def print_summary(stores: list[Any]) -> None:
+    rows = [store_summary(s) for s in stores]
+    header = f"{'site':<16}{'n_tokens':>10}{'d':>7}{'shards':>7}{'mean |x|':>10}{'mean':>9}{'frac>0':>8}{'max |x|':>10}{'MB':>8}"
+    typer.echo(header)
+    for r in rows:
+        typer.echo(
+            f"{r['site']:<16}{r['n_tokens']:>10,}{r['d']:>7}{r['shards']:>7}{r['mean_norm']:>10.2f}{r['mean']:>9.3f}"
+            f"{r['frac_positive']:>8.3f}{r['max_abs']:>10.1f}{r['size_mb']:>8.1f}"
+        )
+
+
+@app.command("summary")
+def summary_cmd(stores: Annotated[list[Path], typer.Argument(help="store folders (one per site)")]) -> None:
+    """Print statistics of activation stores."""
+    from interp.store import ActivationStore
+
+    try:
+        print_summary([ActivationStore.open(p) for p in stores])
+    except USER_ERRORS as e:
+        _fail(e)
+
+
+# ------------------------------------------------------------------------------------------ models
+@app.command("models")
+def models_cmd() -> None:
+    """List the models interp can load here without a network."""
+    from interp.models import installed_models
+
+    for row in installed_models():
+        typer.echo(f"{row['name']:<40} {row['status']}")
+
+
+# ------------------------------------------------------------------------------------------ fit
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes name=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _coerce(value: Any, field: dataclasses.Field) -> Any:
+    """Turn a CLI string into the type of a config field (int, float, bool, str, tuple of ints)."""
+    if not isinstance(value, str):
+        return value
+    default = field.default
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    return value
+
+
+def build_config(config_class: type, method: str, options: dict[str, Any]) -> Any:
+    """A method's config from CLI options; options the config has no field for are an error."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    kwargs = {}
+    if "architecture" in fields:
+        kwargs["architecture"] = method
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name not in fields:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} does not apply to method {method!r}; its settings: {', '.join(fields)}")
+        kwargs[name] = _coerce(value, fields[name])
+    return config_class(**kwargs)
+
+
+def default_fit_dir(store_path: Path, method: str, n_features: int | None) -> Path:
+    from interp.paths import cache_dir
+
+    run, site = store_path.resolve().parent.name, store_path.resolve().name
+    return cache_dir() / "decomposers" / run / site / f"{method}-k{n_features or 'default'}"
+
+
+def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True) -> Any:
+    """Fit a decomposer on a store, with checkpoints in out/checkpoint (rerun resumes); returns it."""
+    from interp.decompose import method_class
+    from interp.store import ActivationStore
+
+    store = ActivationStore.open(store_path)
+    cls = method_class(method)
+    config = build_config(cls.config_class, method, options)
+    out = out or default_fit_dir(store_path, method, options.get("n_features"))
+    typer.echo(f"fitting {method} on {store} -> {out}")
+    decomposer = cls(config).fit(store, checkpoint_dir=out / "checkpoint", progress=progress)
+    decomposer.save(out)
+    (out / "source.json").write_text(json.dumps({"store": str(store_path.resolve()), "model": store.manifest.model,
+                                                  "site": store.site}, indent=2))
+    return decomposer
+
+
+@app.command("fit")
+def fit_cmd(
+    method: Annotated[str, typer.Option(help="snmf | relu | topk | batchtopk | jumprelu | mpsae")],
+    store: Annotated[Path, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")],
+    out: Annotated[Path | None, typer.Option(help="output folder (default under cache/decomposers)")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="number of features")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="SNMF: fraction of neurons kept per feature")] = None,
+    init: Annotated[str | None, typer.Option(help="SNMF: random | svd | kmeans")] = None,
+    hierarchy: Annotated[str | None, typer.Option(help="SNMF: ranks of the hierarchy, e.g. 400,200,100,50")] = None,
+    max_iter: Annotated[int | None, typer.Option(help="SNMF: iteration limit")] = None,
+    topk_k: Annotated[int | None, typer.Option("--topk-k", help="TopK / BatchTopK / MP-SAE: active latents per token")] = None,
+    n_steps: Annotated[int | None, typer.Option(help="SAE: training steps")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="SAE: tokens per step")] = None,
+    lr: Annotated[float | None, typer.Option(help="SAE: learning rate")] = None,
+    l1_coeff: Annotated[float | None, typer.Option(help="ReLU SAE: L1 coefficient")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    seed: int | None = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any other config field: name=value")] = None,
+) -> None:
+    """Fit a decomposer on a store; interrupt and rerun to resume from the last checkpoint."""
+    options = {
+        "n_features": k, "sparsity": sparsity, "init": init, "hierarchy": hierarchy, "max_iter": max_iter,
+        "k": topk_k, "n_steps": n_steps, "batch_size": batch_size, "lr": lr, "l1_coeff": l1_coeff,
+        "device": device, "seed": seed,
+    }  # fmt: skip
+    try:
+        options.update(parse_overrides(set_ or []))
+        run_fit(store, method, out, options)
+    except USER_ERRORS as e:
+        _fail(e)
+
+
+# ------------------------------------------------------------------------------------------ demo
+@app.command("demo")
+def demo_cmd(
+    model: str = "gemma-3-270m",
+    n_tokens: Annotated[int, typer.Option(help="tokens to capture")] = 20_000,
+    device: str = "auto",
+    out: Annotated[Path | None, typer.Option(help="run folder (default cache/demo)")] = None,
+) -> None:
+    """Every stage that exists, on the default model and corpus: capture a middle layer, then summarize it."""
+    from interp.paths import cache_dir
+
+    _offline_by_default()
+    started = time.perf_counter()
+    out = out or cache_dir() / "demo" / Path(model).name
+    try:
+        stores, stats = run_capture(model, None, "bbc", n_tokens, 128, 8, "nnsight", device, "float32", out)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo(f"captured {stats.n_tokens:,} new tokens at {stats.tokens_per_second:,.0f} tokens/s")
+    print_summary(list(stores.values()))
+    typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s; outputs in {out}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
