@@ -42,8 +42,18 @@ def default_run_dir(model: str, corpus: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ capture
 def run_capture(
-    model_name: str, sites: str | None, corpus: str, n_tokens: int, context_len: int, batch_size: int,
-    backend: str, device: str, dtype: str, out: Path | None, text_column: str = "text", keep_bos: bool = False,
+    model_name: str,
+    sites: str | None,
+    corpus: str,
+    n_tokens: int,
+    context_len: int,
+    batch_size: int,
+    backend: str,
+    device: str,
+    dtype: str,
+    out: Path | None,
+    text_column: str = "text",
+    keep_bos: bool = False,
 ) -> tuple[dict, Any]:
     """Load, pack, capture; returns (stores by site, stats)."""
     from interp.capture import capture
@@ -55,33 +65,66 @@ def run_capture(
     contexts = load_contexts(model.tokenizer, corpus, context_len, n_tokens, text_column)
     out = out or default_run_dir(model_name, corpus)
     typer.echo(f"capturing {sites} of {model.info.name} on {device} ({model.device}) into {out}")
-    return capture(model, contexts, sites, out, backend=backend, batch_size=batch_size, dtype=dtype,
-                   drop_bos=not keep_bos)
+    return capture(
+        model,
+        contexts,
+        sites,
+        out,
+        backend=backend,
+        batch_size=batch_size,
+        dtype=dtype,
+        drop_bos=not keep_bos,
+    )
 
 
 @app.command("capture")
 def capture_cmd(
-    model: Annotated[str, typer.Option(help="built-in name, local HF folder, .gguf file, or hub name")] = "gemma-3-270m",
-    sites: Annotated[str | None, typer.Option(help="comma-separated, e.g. 9.mlp_hidden,9.resid_post (default: middle layer)")] = None,
-    corpus: Annotated[str, typer.Option(help="'bbc' (built in), a .txt/.jsonl/.parquet/.csv file, or a hub dataset")] = "bbc",
+    model: Annotated[
+        str, typer.Option(help="built-in name, local HF folder, .gguf file, or hub name")
+    ] = "gemma-3-270m",
+    sites: Annotated[
+        str | None,
+        typer.Option(help="comma-separated, e.g. 9.mlp_hidden,9.resid_post (default: middle layer)"),
+    ] = None,
+    corpus: Annotated[
+        str, typer.Option(help="'bbc' (built in), a .txt/.jsonl/.parquet/.csv file, or a hub dataset")
+    ] = "bbc",
     n_tokens: Annotated[int, typer.Option(help="tokens to store per site (BOS excluded)")] = 100_000,
     context_len: Annotated[int, typer.Option(help="tokens per context, BOS included")] = 128,
     batch_size: int = 8,
     backend: Annotated[str, typer.Option(help="nnsight | transformer_lens | torch")] = "nnsight",
-    device: Annotated[str, typer.Option(help="auto (GPU when there is one) | cpu | cuda | cuda:1 ...")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto (GPU when there is one) | cpu | cuda | cuda:1 ...")
+    ] = "auto",
     dtype: Annotated[str, typer.Option(help="stored dtype: float32 | float16 | bfloat16")] = "float32",
-    out: Annotated[Path | None, typer.Option(help="run folder (default cache/activations/MODEL/CORPUS)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run folder (default cache/activations/MODEL/CORPUS)")
+    ] = None,
     text_column: str = "text",
     keep_bos: Annotated[bool, typer.Option(help="store the BOS position too")] = False,
 ) -> None:
     """Capture activations at sites into a resumable, sharded store (rerun the same command to resume)."""
     _offline_by_default()
     try:
-        stores, stats = run_capture(model, sites, corpus, n_tokens, context_len, batch_size, backend, device,
-                                    dtype, out, text_column, keep_bos)
+        stores, stats = run_capture(
+            model,
+            sites,
+            corpus,
+            n_tokens,
+            context_len,
+            batch_size,
+            backend,
+            device,
+            dtype,
+            out,
+            text_column,
+            keep_bos,
+        )
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(f"wrote {stats.n_tokens:,} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:,.0f} tokens/s)")
+    typer.echo(
+        f"wrote {stats.n_tokens:,} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:,.0f} tokens/s)"
+    )
     print_summary(list(stores.values()))
 
 
@@ -184,41 +227,54 @@ def default_fit_dir(store_path: Path, method: str, n_features: int | None) -> Pa
     return cache_dir() / "decomposers" / run / site / f"{method}-k{n_features or 'default'}"
 
 
-def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True) -> Any:
+def run_fit(
+    store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True
+) -> Any:
     """Fit a decomposer on a store, with checkpoints in out/checkpoint (rerun resumes); returns it."""
     from interp.decompose import method_class
     from interp.store import ActivationStore
 
-    store = ActivationStore.open(store_path)
     cls = method_class(method)
+    store = ActivationStore.open(store_path)
     config = build_config(cls.config_class, method, options)
     out = out or default_fit_dir(store_path, method, options.get("n_features"))
     typer.echo(f"fitting {method} on {store} -> {out}")
     decomposer = cls(config).fit(store, checkpoint_dir=out / "checkpoint", progress=progress)
     decomposer.save(out)
-    (out / "source.json").write_text(json.dumps({"store": str(store_path.resolve()), "model": store.manifest.model,
-                                                  "site": store.site}, indent=2))
+    (out / "source.json").write_text(
+        json.dumps(
+            {"store": str(store_path.resolve()), "model": store.manifest.model, "site": store.site}, indent=2
+        )
+    )
     return decomposer
 
 
 @app.command("fit")
 def fit_cmd(
     method: Annotated[str, typer.Option(help="snmf | relu | topk | batchtopk | jumprelu | mpsae")],
-    store: Annotated[Path, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")],
+    store: Annotated[
+        Path, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")
+    ],
     out: Annotated[Path | None, typer.Option(help="output folder (default under cache/decomposers)")] = None,
     k: Annotated[int | None, typer.Option("--k", help="number of features")] = None,
     sparsity: Annotated[float | None, typer.Option(help="SNMF: fraction of neurons kept per feature")] = None,
     init: Annotated[str | None, typer.Option(help="SNMF: random | svd | kmeans")] = None,
-    hierarchy: Annotated[str | None, typer.Option(help="SNMF: ranks of the hierarchy, e.g. 400,200,100,50")] = None,
+    hierarchy: Annotated[
+        str | None, typer.Option(help="SNMF: ranks of the hierarchy, e.g. 400,200,100,50")
+    ] = None,
     max_iter: Annotated[int | None, typer.Option(help="SNMF: iteration limit")] = None,
-    topk_k: Annotated[int | None, typer.Option("--topk-k", help="TopK / BatchTopK / MP-SAE: active latents per token")] = None,
+    topk_k: Annotated[
+        int | None, typer.Option("--topk-k", help="TopK / BatchTopK / MP-SAE: active latents per token")
+    ] = None,
     n_steps: Annotated[int | None, typer.Option(help="SAE: training steps")] = None,
     batch_size: Annotated[int | None, typer.Option(help="SAE: tokens per step")] = None,
     lr: Annotated[float | None, typer.Option(help="SAE: learning rate")] = None,
     l1_coeff: Annotated[float | None, typer.Option(help="ReLU SAE: L1 coefficient")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     seed: int | None = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="any other config field: name=value")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="any other config field: name=value")
+    ] = None,
 ) -> None:
     """Fit a decomposer on a store; interrupt and rerun to resume from the last checkpoint."""
     options = {

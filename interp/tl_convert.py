@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 
 def _rope_theta(cfg: Any, layer_type: str | None = None) -> float:
     params = getattr(cfg, "rope_parameters", None) or {}
@@ -131,4 +129,3 @@ def to_hooked_transformer(model: Any) -> Any:
     tl.eval()
     tl.requires_grad_(False)
     return tl
-

@@ -43,21 +43,46 @@ def test_sites_match_model_internals(tiny_llama):
 
 
 def docs(n: int = 30) -> list[Document]:
-    words = "the cat sat on a mat while dogs ran far away from home at night".split()
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "while",
+        "dogs",
+        "ran",
+        "far",
+        "away",
+        "from",
+        "home",
+        "at",
+        "night",
+    ]
     return [Document(" ".join(words[(i + j) % len(words)] for j in range(10 + i % 7))) for i in range(n)]
 
 
 def test_capture_writes_stores_with_tokens(tiny_llama, tmp_path):
     contexts = pack(docs(), tiny_llama.tokenizer, context_len=24, n_tokens=500)
-    stores, stats = capture(tiny_llama, contexts, "0.mlp_hidden,1.resid_post", tmp_path, batch_size=4,
-                            shard_tokens=150, progress=False)
+    stores, stats = capture(
+        tiny_llama,
+        contexts,
+        "0.mlp_hidden,1.resid_post",
+        tmp_path,
+        batch_size=4,
+        shard_tokens=150,
+        progress=False,
+    )
     store = stores["0.mlp_hidden"]
     expected = int((contexts.lengths - 1).sum())  # BOS dropped
     assert store.n_tokens == expected == stats.n_tokens == 500
     assert store.n_shards > 1 and store.d == tiny_llama.info.d_mlp
     meta = store.tokens()
     assert (meta["positions"] >= 1).all()  # BOS position 0 dropped
-    assert torch.equal(meta["token_ids"].long(), contexts.token_ids[meta["context_ids"], meta["positions"].long()])
+    assert torch.equal(
+        meta["token_ids"].long(), contexts.token_ids[meta["context_ids"], meta["positions"].long()]
+    )
     # the stored rows are the activations of a direct forward pass
     direct = backend_runner("torch")(tiny_llama, contexts.token_ids[:2], parse_sites("0.mlp_hidden"))
     first = next(iter(direct.values()))[:, 1:].reshape(-1, store.d)
@@ -71,8 +96,15 @@ def test_capture_writes_stores_with_tokens(tiny_llama, tmp_path):
 def test_keep_bos_and_dtypes(tiny_llama, tmp_path):
     contexts = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=120)
     for dtype in ("float16", "bfloat16"):
-        stores, _ = capture(tiny_llama, contexts, "1.resid_post", tmp_path / dtype, dtype=dtype, drop_bos=False,
-                            progress=False)
+        stores, _ = capture(
+            tiny_llama,
+            contexts,
+            "1.resid_post",
+            tmp_path / dtype,
+            dtype=dtype,
+            drop_bos=False,
+            progress=False,
+        )
         store = stores["1.resid_post"]
         assert store.n_tokens == int(contexts.lengths.sum())
         assert store.load_shard(0)["acts"].dtype == getattr(torch, dtype)
@@ -81,8 +113,15 @@ def test_keep_bos_and_dtypes(tiny_llama, tmp_path):
 
 def test_interrupted_capture_resumes_without_loss_or_duplicates(tiny_llama, tmp_path, monkeypatch):
     contexts = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=400)
-    reference, _ = capture(tiny_llama, contexts, "0.mlp_hidden,1.resid_post", tmp_path / "ref", batch_size=3,
-                           shard_tokens=40, progress=False)
+    reference, _ = capture(
+        tiny_llama,
+        contexts,
+        "0.mlp_hidden,1.resid_post",
+        tmp_path / "ref",
+        batch_size=3,
+        shard_tokens=40,
+        progress=False,
+    )
 
     import interp.capture.nnsight as nnsight_backend
 
@@ -96,13 +135,27 @@ def test_interrupted_capture_resumes_without_loss_or_duplicates(tiny_llama, tmp_
 
     monkeypatch.setattr(nnsight_backend, "run", dying_run)
     with pytest.raises(KeyboardInterrupt):
-        capture(tiny_llama, contexts, "0.mlp_hidden,1.resid_post", tmp_path / "run", batch_size=3, shard_tokens=40,
-                progress=False)
+        capture(
+            tiny_llama,
+            contexts,
+            "0.mlp_hidden,1.resid_post",
+            tmp_path / "run",
+            batch_size=3,
+            shard_tokens=40,
+            progress=False,
+        )
     partial = ActivationStore.open(tmp_path / "run" / "0.mlp_hidden")
     assert 0 < partial.n_tokens < reference["0.mlp_hidden"].n_tokens
     monkeypatch.setattr(nnsight_backend, "run", real_run)
-    resumed, stats = capture(tiny_llama, contexts, "0.mlp_hidden,1.resid_post", tmp_path / "run", batch_size=3,
-                             shard_tokens=40, progress=False)
+    resumed, stats = capture(
+        tiny_llama,
+        contexts,
+        "0.mlp_hidden,1.resid_post",
+        tmp_path / "run",
+        batch_size=3,
+        shard_tokens=40,
+        progress=False,
+    )
     assert stats.n_tokens == reference["0.mlp_hidden"].n_tokens - partial.n_tokens
     for site, store in resumed.items():
         assert torch.equal(store.load_all(), reference[site].load_all())
@@ -113,13 +166,16 @@ def test_sites_out_of_step_are_lined_up_on_resume(tiny_llama, tmp_path):
     """If one site committed a shard the other did not (killed between two writes), resume drops the extra one."""
     contexts = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=200)
     sites = "0.mlp_hidden,1.resid_post"
-    reference, _ = capture(tiny_llama, contexts, sites, tmp_path / "ref", batch_size=2, shard_tokens=20,
-                           progress=False)
-    stores, _ = capture(tiny_llama, contexts, sites, tmp_path / "run", batch_size=2, shard_tokens=20,
-                        progress=False)
+    reference, _ = capture(
+        tiny_llama, contexts, sites, tmp_path / "ref", batch_size=2, shard_tokens=20, progress=False
+    )
+    stores, _ = capture(
+        tiny_llama, contexts, sites, tmp_path / "run", batch_size=2, shard_tokens=20, progress=False
+    )
     stores["1.resid_post"].truncate(stores["1.resid_post"].manifest.shards[2].context_end)
-    resumed, _ = capture(tiny_llama, contexts, sites, tmp_path / "run", batch_size=2, shard_tokens=20,
-                         progress=False)
+    resumed, _ = capture(
+        tiny_llama, contexts, sites, tmp_path / "run", batch_size=2, shard_tokens=20, progress=False
+    )
     for site, store in resumed.items():
         assert torch.equal(store.load_all(), reference[site].load_all())
 
@@ -144,8 +200,11 @@ def test_nan_activations_name_site_and_batch(tiny_llama, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("sites", "message"),
-    [("2.mlp_hidden", "out of range: this model has layers 0..1"), ("0.mlp", "unknown site '0.mlp'"),
-     ("", "no site given")],
+    [
+        ("2.mlp_hidden", "out of range: this model has layers 0..1"),
+        ("0.mlp", "unknown site '0.mlp'"),
+        ("", "no site given"),
+    ],
 )
 def test_bad_sites(tiny_llama, tmp_path, sites, message):
     contexts = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=50)
@@ -158,7 +217,9 @@ def test_bad_backend_and_context_length(tiny_llama, tmp_path):
     with pytest.raises(CaptureError, match="unknown backend 'tl'; valid: nnsight, transformer_lens, torch"):
         capture(tiny_llama, contexts, "0.mlp_hidden", tmp_path, backend="tl", progress=False)
     long = pack(docs(200), tiny_llama.tokenizer, context_len=300, n_tokens=600)
-    with pytest.raises(CaptureError, match="longer than tiny-llama accepts \\(256\\); pass --context-len 256"):
+    with pytest.raises(
+        CaptureError, match="longer than tiny-llama accepts \\(256\\); pass --context-len 256"
+    ):
         capture(tiny_llama, long, "0.mlp_hidden", tmp_path, progress=False)
 
 
@@ -171,9 +232,16 @@ def test_appending_with_another_model_or_corpus_is_refused(tiny, tmp_path):
     contexts = pack(docs(), tiny.tokenizer, context_len=16, n_tokens=50)
     capture(tiny, contexts, "0.resid_post", tmp_path, progress=False)
     llama = load_model("tiny-llama", device="cpu")
-    with pytest.raises(StoreError, match="captured with model='tiny-gpt2', but this run has model='tiny-llama'"):
-        capture(llama, pack(docs(), llama.tokenizer, context_len=16, n_tokens=50), "0.resid_post", tmp_path,
-                progress=False)
+    with pytest.raises(
+        StoreError, match="captured with model='tiny-gpt2', but this run has model='tiny-llama'"
+    ):
+        capture(
+            llama,
+            pack(docs(), llama.tokenizer, context_len=16, n_tokens=50),
+            "0.resid_post",
+            tmp_path,
+            progress=False,
+        )
     other = pack(docs(), tiny.tokenizer, context_len=16, n_tokens=50, source="other.txt")
     with pytest.raises(StoreError, match="corpus_fingerprint"):
         capture(tiny, other, "0.resid_post", tmp_path, progress=False)

@@ -41,7 +41,10 @@ def test_local_files_through_datasets(tmp_path):
     rows = [{"text": "json doc one"}, {"text": "json doc two"}]
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "c.csv").write_text("body,label\nhello there,pos\nbad day,neg\n")
-    assert [d.text.strip() for d in load_documents(str(tmp_path / "a.txt"))] == ["first paragraph here.", "second one."]
+    assert [d.text.strip() for d in load_documents(str(tmp_path / "a.txt"))] == [
+        "first paragraph here.",
+        "second one.",
+    ]
     assert [d.text for d in load_documents(str(tmp_path / "b.jsonl"))] == ["json doc one", "json doc two"]
     csv_docs = load_documents(str(tmp_path / "c.csv"), text_column="body")
     assert [(d.text, d.label) for d in csv_docs] == [("hello there", "pos"), ("bad day", "neg")]

@@ -10,9 +10,18 @@ import torch
 from interp.store import MANIFEST, ActivationStore, StoreError, StoreManifest
 
 
-def make_store(path, n_shards: int = 5, rows: int = 100, d: int = 8, dtype: str = "float32") -> ActivationStore:
-    manifest = StoreManifest(model="synthetic", site="0.mlp_hidden", d=d, dtype=dtype, corpus_fingerprint="x",
-                             context_len=11, drop_bos=True)
+def make_store(
+    path, n_shards: int = 5, rows: int = 100, d: int = 8, dtype: str = "float32"
+) -> ActivationStore:
+    manifest = StoreManifest(
+        model="synthetic",
+        site="0.mlp_hidden",
+        d=d,
+        dtype=dtype,
+        corpus_fingerprint="x",
+        context_len=11,
+        drop_bos=True,
+    )
     store = ActivationStore.create(path, manifest)
     for i in range(n_shards):
         acts = torch.arange(i * rows, (i + 1) * rows, dtype=torch.float32)[:, None].repeat(1, d)
@@ -92,7 +101,7 @@ def test_missing_or_corrupt_manifest(tmp_path):
 
 def test_orphan_shard_from_a_killed_write_is_never_read(tmp_path):
     """A shard renamed into place whose manifest update never happened is ignored, then overwritten."""
-    store = make_store(tmp_path / "s", n_shards=2)
+    make_store(tmp_path / "s", n_shards=2)
     (tmp_path / "s" / "shard_00002.safetensors").write_bytes(b"half a shard")
     (tmp_path / "s" / ".shard_00003.safetensors.tmp-123").write_bytes(b"temp")
     again = ActivationStore.open(tmp_path / "s")

@@ -62,6 +62,18 @@ def keep_mask(contexts: Contexts, start: int, end: int, drop_bos: bool) -> torch
     return mask
 
 
+def first_changed_context(old: Contexts, new: Contexts) -> int:
+    """Index of the first context that differs between two packings of the same corpus.
+
+    A longer capture of the same corpus fills up what was the last, partial context: that context (and its shard)
+    must be captured again.
+    """
+    n = min(old.n_contexts, new.n_contexts)
+    differs = (old.token_ids[:n] != new.token_ids[:n]).any(dim=1) | (old.lengths[:n] != new.lengths[:n])
+    changed = differs.nonzero()
+    return int(changed[0, 0]) if changed.numel() else old.n_contexts
+
+
 def capture(
     model: LoadedModel,
     contexts: Contexts,
@@ -105,8 +117,13 @@ def capture(
     }  # fmt: skip
     # Resume: every site restarts after the last context that all of them committed.
     done = min(store.manifest.n_contexts for store in stores.values())
+    if done > contexts.n_contexts:  # the stores already hold more than this call asks for
+        return stores, CaptureStats(0, 0.0)
+    if done and (out / CONTEXTS_FILE).exists():
+        done = min(done, first_changed_context(Contexts.load(out / CONTEXTS_FILE), contexts))
     for store in stores.values():
-        store.truncate(done)
+        store.truncate(done)  # drops whole shards, so the stores may now end before `done`
+    done = min(store.manifest.n_contexts for store in stores.values())
     contexts.save(out / CONTEXTS_FILE)
     if shard_tokens is None:
         widest = max(site.width(info) for site in site_list)
@@ -114,7 +131,9 @@ def capture(
 
     start_time, written = time.perf_counter(), 0
     remaining = int(keep_mask(contexts, done, contexts.n_contexts, drop_bos).sum())
-    bar = tqdm(total=remaining, unit="tok", unit_scale=True, desc=f"capture {info.name}", disable=not progress)
+    bar = tqdm(
+        total=remaining, unit="tok", unit_scale=True, desc=f"capture {info.name}", disable=not progress
+    )
     buffers: dict[Site, list[torch.Tensor]] = {site: [] for site in site_list}
     meta: list[torch.Tensor] = []  # per buffered batch: [n, 3] token id, context id, position
     buffered = 0
@@ -141,7 +160,9 @@ def capture(
         if buffered >= shard_tokens or end == contexts.n_contexts:
             ids = torch.cat(meta)
             for site in site_list:
-                stores[site.name].append(torch.cat(buffers[site]), ids[:, 0], ids[:, 1], ids[:, 2], context_end=end)
+                stores[site.name].append(
+                    torch.cat(buffers[site]), ids[:, 0], ids[:, 1], ids[:, 2], context_end=end
+                )
                 buffers[site] = []
             meta, written, buffered = [], written + buffered, 0
     bar.close()

@@ -7,6 +7,7 @@ import torch
 from interp.models import LoadedModel
 from interp.sites import FAMILIES, Site, get_module
 
+
 # site kind -> (path inside a block, read its "input" or "output"); blocks and MLP paths from the family table
 def _envoy_path(family: str, site: Site) -> tuple[str, str]:
     spec = FAMILIES[family]

@@ -81,7 +81,9 @@ def check_activations(x: torch.Tensor, d_in: int | None = None, what: str = "act
     if not isinstance(x, torch.Tensor):
         raise DecomposerError(f"{what} must be a torch.Tensor [n, d_in], got {type(x).__name__}")
     if x.ndim != 2:
-        raise DecomposerError(f"{what} must be 2-D [n, d_in], got shape {list(x.shape)}; flatten batch and position")
+        raise DecomposerError(
+            f"{what} must be 2-D [n, d_in], got shape {list(x.shape)}; flatten batch and position"
+        )
     if d_in is not None and x.shape[1] != d_in:
         raise DecomposerError(
             f"{what} have width {x.shape[1]} but this decomposer was fitted on d_in={d_in}; "
@@ -101,7 +103,9 @@ def save_decomposer(
     """Write `model.safetensors` and `config.json` atomically into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / WEIGHTS_FILE)
+    atomic_save_safetensors(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / WEIGHTS_FILE
+    )
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     atomic_write_json(folder / CONFIG_FILE, {"method": method, "config": cfg, **(extra or {})})
 

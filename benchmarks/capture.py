@@ -1,0 +1,143 @@
+"""Capture throughput vs a plain Hugging Face forward pass, measured in the same run.
+
+    python benchmarks/capture.py                      # default model, 64 contexts x 128 tokens, CPU
+    python benchmarks/capture.py --device cuda --n-contexts 512
+
+Each measurement runs in its own process (so peak RSS is its own): the baseline is a plain HF forward of the whole
+model with no hooks (logits included); each capture writes two sites of a middle layer (and then of the last layer)
+into a temporary store through `interp.capture.capture`, disk writes included. Printed: tokens/s, ratio to the
+baseline, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+
+    from interp.capture import backend_runner, capture
+    from interp.corpus import load_contexts
+    from interp.models import load_model
+    from interp.sites import parse_sites
+
+    torch.manual_seed(0)
+    model = load_model(args.model, device=args.device)
+    contexts = load_contexts(
+        model.tokenizer, "bbc", args.context_len, args.n_contexts * (args.context_len - 1)
+    )
+    tokens = contexts.token_ids
+    n_tokens = int(contexts.lengths.sum())
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    layer = model.info.n_layers // 2 if args.layer == "middle" else model.info.n_layers - 1
+
+    def forward_all() -> None:
+        with torch.no_grad():
+            for start in range(0, tokens.shape[0], args.batch_size):
+                model.hf(input_ids=tokens[start : start + args.batch_size].to(model.device), use_cache=False)
+
+    def capture_all() -> None:
+        with tempfile.TemporaryDirectory() as out:
+            capture(
+                model,
+                contexts,
+                f"{layer}.mlp_hidden,{layer}.resid_post",
+                out,
+                backend=args.backend,
+                batch_size=args.batch_size,
+                progress=False,
+            )
+
+    # warm up on one batch: builds lazy views (the TransformerLens conversion) and warms kernels
+    warm = tokens[: args.batch_size].to(model.device)
+    if args.backend == "hf_forward":
+        with torch.no_grad():
+            model.hf(input_ids=warm, use_cache=False)
+    else:
+        backend_runner(args.backend)(model, warm, parse_sites(f"{layer}.mlp_hidden,{layer}.resid_post"))
+    run = forward_all if args.backend == "hf_forward" else capture_all
+    sync()
+    start = time.perf_counter()
+    run()
+    sync()
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if model.device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    return {
+        "backend": args.backend,
+        "layer": layer,
+        "tokens_per_s": n_tokens / seconds,
+        "seconds": seconds,
+        "peak_mb": peak_mb,
+        "device": str(model.device),
+        "n_tokens": n_tokens,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-contexts", type=int, default=64)
+    parser.add_argument("--context-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--backend", default=None, help=argparse.SUPPRESS)  # internal: one measurement
+    parser.add_argument("--layer", default="middle", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.backend:
+        print(json.dumps(measure(args)))
+        return
+
+    def one(backend: str, layer: str = "middle") -> dict:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--backend",
+            backend,
+            "--layer",
+            layer,
+            "--model",
+            args.model,
+            "--device",
+            args.device,
+            "--n-contexts",
+            str(args.n_contexts),
+            "--context-len",
+            str(args.context_len),
+            "--batch-size",
+            str(args.batch_size),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        return json.loads(out)
+
+    baseline = one("hf_forward")
+    rows = [baseline]
+    for layer in ("middle", "last"):
+        rows += [one(backend, layer) for backend in ("nnsight", "transformer_lens", "torch")]
+    print(
+        f"model {args.model}, {args.n_contexts} contexts x {args.context_len} tokens, batch {args.batch_size}, "
+        f"device {baseline['device']}"
+    )
+    print(f"{'what':<38}{'tokens/s':>10}{'vs HF forward':>15}{'peak MB':>10}")
+    for row in rows:
+        what = (
+            "HF forward, whole model, no hooks"
+            if row["backend"] == "hf_forward"
+            else (f"capture {row['backend']}, layer {row['layer']} (2 sites)")
+        )
+        ratio = row["tokens_per_s"] / baseline["tokens_per_s"]
+        print(f"{what:<38}{row['tokens_per_s']:>10,.0f}{ratio:>14.2f}x{row['peak_mb']:>10,.0f}")
+
+
+if __name__ == "__main__":
+    main()
