@@ -67,7 +67,10 @@ def bbc_documents(seed: int = 0) -> list[Document]:
     return docs
 
 
-def _dataset_documents(path_or_name: str, text_column: str) -> list[Document]:
+def dataset_documents(
+    path_or_name: str, text_column: str = "text", label_column: str = "label"
+) -> list[Document]:
+    """Documents of a local file or hub dataset; `label_column`, when present, labels them."""
     import datasets
 
     path = Path(path_or_name).expanduser()
@@ -94,13 +97,16 @@ def _dataset_documents(path_or_name: str, text_column: str) -> list[Document]:
             f"corpus {path_or_name} has no column {text_column!r} (columns: {ds.column_names}); "
             "pass --text-column"
         )
-    labels = ds["label"] if "label" in ds.column_names else [None] * len(ds)
-    return [Document(str(t), None if lab is None else str(lab)) for t, lab in zip(ds[text_column], labels, strict=True)]
+    labels = ds[label_column] if label_column in ds.column_names else [None] * len(ds)
+    return [
+        Document(str(t), None if lab is None else str(lab))
+        for t, lab in zip(ds[text_column], labels, strict=True)
+    ]
 
 
 def load_documents(source: str = DEFAULT_CORPUS, text_column: str = "text") -> list[Document]:
     """Documents of a corpus; raises CorpusError when there is no non-empty text."""
-    docs = bbc_documents() if source == DEFAULT_CORPUS else _dataset_documents(source, text_column)
+    docs = bbc_documents() if source == DEFAULT_CORPUS else dataset_documents(source, text_column)
     docs = [d for d in docs if d.text and d.text.strip()]
     if not docs:
         raise CorpusError(f"corpus {source!r} holds no text (0 non-empty documents); pass another --corpus")

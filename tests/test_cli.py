@@ -11,14 +11,31 @@ runner = CliRunner()
 
 
 def write_corpus(path):
-    path.write_text("\n\n".join(f"Paragraph {i} talks about cats, dogs and the number {i * 7}." for i in range(60)))
+    path.write_text(
+        "\n\n".join(f"Paragraph {i} talks about cats, dogs and the number {i * 7}." for i in range(60))
+    )
     return path
 
 
 def test_capture_then_resume_then_summary(tmp_path):
     corpus = write_corpus(tmp_path / "c.txt")
-    args = ["capture", "--model", "tiny-llama", "--sites", "1.mlp_hidden,0.resid_post", "--corpus", str(corpus),
-            "--n-tokens", "300", "--context-len", "32", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    args = [
+        "capture",
+        "--model",
+        "tiny-llama",
+        "--sites",
+        "1.mlp_hidden,0.resid_post",
+        "--corpus",
+        str(corpus),
+        "--n-tokens",
+        "300",
+        "--context-len",
+        "32",
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "wrote 300 tokens" in result.output and "1.mlp_hidden" in result.output
@@ -26,7 +43,9 @@ def test_capture_then_resume_then_summary(tmp_path):
     assert store.n_tokens == 300 and store.d == 128
     again = runner.invoke(app, args)  # nothing left to do: resumes at the end
     assert again.exit_code == 0 and "wrote 0 tokens" in again.output
-    more = runner.invoke(app, [*args[:-4], "--out", str(tmp_path / "run"), "--n-tokens", "400", "--device", "cpu"])
+    more = runner.invoke(
+        app, [*args[:-4], "--out", str(tmp_path / "run"), "--n-tokens", "400", "--device", "cpu"]
+    )
     assert more.exit_code == 0 and ActivationStore.open(tmp_path / "run" / "1.mlp_hidden").n_tokens >= 400
     summary = runner.invoke(app, ["summary", str(tmp_path / "run" / "0.resid_post")])
     assert summary.exit_code == 0 and "0.resid_post" in summary.output
@@ -40,7 +59,17 @@ def test_models_lists_builtins():
 
 def test_errors_are_one_clear_line(tmp_path):
     corpus = write_corpus(tmp_path / "c.txt")
-    base = ["capture", "--model", "tiny-gpt2", "--corpus", str(corpus), "--n-tokens", "50", "--out", str(tmp_path)]
+    base = [
+        "capture",
+        "--model",
+        "tiny-gpt2",
+        "--corpus",
+        str(corpus),
+        "--n-tokens",
+        "50",
+        "--out",
+        str(tmp_path),
+    ]
     cases = {
         "--sites=0.mlp": "unknown site '0.mlp'",
         "--sites=7.mlp_out": "out of range",
@@ -55,7 +84,9 @@ def test_errors_are_one_clear_line(tmp_path):
     assert missing.exit_code == 2 and "unknown model 'nope'" in missing.output
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    result = runner.invoke(app, ["capture", "--model", "tiny-gpt2", "--corpus", str(empty), "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["capture", "--model", "tiny-gpt2", "--corpus", str(empty), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "holds no text" in result.output
     result = runner.invoke(app, ["fit", "--method", "nmf", "--store", str(tmp_path)])
     assert result.exit_code == 2 and "unknown method 'nmf'" in result.output

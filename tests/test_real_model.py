@@ -14,7 +14,13 @@ pytestmark = pytest.mark.real_model
 
 def test_default_model_describes_itself_and_is_sane(real_model):
     info = real_model.info
-    assert (info.family, info.n_layers, info.d_model, info.d_mlp, info.vocab_size) == ("gemma3", 18, 640, 2048, 262144)
+    assert (info.family, info.n_layers, info.d_model, info.d_mlp, info.vocab_size) == (
+        "gemma3",
+        18,
+        640,
+        2048,
+        262144,
+    )
     prompt = "The capital of France is Paris, and the capital of Germany is"
     ids = real_model.tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
