@@ -1,4 +1,4 @@
-"""The `interp` command line: capture | fit | models | summary | demo."""
+"""The `interp` command line: capture | fit | steer-eval | models | summary | demo."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, ConnectionError)
 
 
 def _fail(error: Exception) -> None:
@@ -287,6 +287,87 @@ def fit_cmd(
         run_fit(store, method, out, options)
     except USER_ERRORS as e:
         _fail(e)
+
+
+# ------------------------------------------------------------------------------------------ steer-eval
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def steer_eval_config(toml_path: Path | None, flags: dict[str, Any]) -> Any:
+    """SteerEvalConfig from a TOML file (optional), then flags that were given."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from interp.steer.evaluate import SteerEvalConfig
+
+    fields = {f.name for f in dataclasses.fields(SteerEvalConfig)}
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        values = tomllib.loads(Path(toml_path).read_text())
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {unknown} in {toml_path}; valid: {', '.join(sorted(fields))}"
+            )
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return SteerEvalConfig(**values)
+
+
+@app.command("steer-eval")
+def steer_eval_cmd(
+    config: Annotated[Path | None, typer.Option(help="TOML file with any of the settings below")] = None,
+    model: str | None = None,
+    site: Annotated[str | None, typer.Option(help="e.g. 9.mlp_hidden")] = None,
+    decomposer: Annotated[
+        list[str] | None, typer.Option(help="decomposer folder (repeat for several)")
+    ] = None,
+    concepts: Annotated[
+        str | None, typer.Option(help="bbc | sentiment | a .jsonl/.csv with text, concept")
+    ] = None,
+    concept: Annotated[list[str] | None, typer.Option(help="restrict to these concepts (repeat)")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="comma-separated: features,diff_in_means,random")
+    ] = None,
+    kl_targets: Annotated[
+        str | None, typer.Option(help="comma-separated KL targets, e.g. 0.025,0.05,0.1")
+    ] = None,
+    strengths: Annotated[
+        str | None, typer.Option(help="fixed strengths (x mean activation norm) instead")
+    ] = None,
+    n_samples: int | None = None,
+    max_new_tokens: int | None = None,
+    per_concept: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    llm_judge: Annotated[bool | None, typer.Option(help="also rate with INTERP_JUDGE_URL's model")] = None,
+    out: Annotated[Path | None, typer.Option(help="results folder (default cache/steer/MODEL/SITE)")] = None,
+) -> None:
+    """Concept detection and steering of features vs difference-in-means and random directions; resumable."""
+    from interp.paths import cache_dir
+    from interp.steer.evaluate import run_steer_eval
+
+    _offline_by_default()
+    flags = {
+        "model": model, "site": site, "decomposers": decomposer, "concepts": concepts, "concept_names": concept,
+        "methods": None if methods is None else tuple(m.strip() for m in methods.split(",")),
+        "kl_targets": _floats(kl_targets), "strengths": _floats(strengths), "n_samples": n_samples,
+        "max_new_tokens": max_new_tokens, "per_concept": per_concept, "seed": seed, "device": device,
+        "llm_judge": llm_judge,
+    }  # fmt: skip
+    try:
+        settings = steer_eval_config(config, flags)
+        if strengths is not None and kl_targets is None:
+            settings = dataclasses.replace(settings, kl_targets=())
+        out = out or cache_dir() / "steer" / Path(settings.model).name / settings.site
+        run_steer_eval(settings, out)
+    except USER_ERRORS as e:
+        _fail(e)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"results in {out}")
 
 
 # ------------------------------------------------------------------------------------------ demo

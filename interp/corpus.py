@@ -79,8 +79,15 @@ def dataset_documents(
         builder = builders.get(path.suffix.lower())
         if builder is None:
             raise CorpusError(f"cannot read {path}: use a .txt, .jsonl, .json, .parquet or .csv file")
+        if not path.read_bytes().strip():
+            raise CorpusError(f"{path} is empty; it holds no text")
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        except Exception as e:  # datasets raises many types for malformed files
+            raise CorpusError(
+                f"cannot read {path} as {builder} ({type(e).__name__}: {e}); check its format"
+            ) from e
     else:
         if path_or_name.startswith((".", "/", "~")) or path.suffix.lower() in builders:
             raise CorpusError(f"corpus file {path} does not exist")

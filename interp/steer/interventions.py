@@ -85,7 +85,9 @@ def check_edit(edit: Edit, model: LoadedModel, site: Site) -> None:
     if isinstance(edit, ClampLatent):
         n = edit.decomposer.n_features
         if not 0 <= edit.latent < n:
-            raise InterventionError(f"latent {edit.latent} is out of range: the decomposer has features 0..{n - 1}")
+            raise InterventionError(
+                f"latent {edit.latent} is out of range: the decomposer has features 0..{n - 1}"
+            )
     direction = edit.direction
     if direction.ndim != 1 or direction.shape[0] != width:
         raise InterventionError(
@@ -114,7 +116,9 @@ class _PositionTracker:
         if self.edit.positions == "all":
             return self.edit(acts)
         positions = torch.arange(start, start + n_pos, device=acts.device)
-        keep = positions < self.prompt_len if self.edit.positions == "prompt" else positions >= self.prompt_len
+        keep = (
+            positions < self.prompt_len if self.edit.positions == "prompt" else positions >= self.prompt_len
+        )
         if not keep.any():
             return acts
         return torch.where(keep[None, :, None], self.edit(acts), acts)
@@ -141,8 +145,10 @@ def intervene(
             yield
         return
     if backend != "torch":
-        raise InterventionError(f"intervene() takes backend 'torch' or 'transformer_lens'; for nnsight use "
-                                f"steered_logits / generate (got {backend!r})")
+        raise InterventionError(
+            f"intervene() takes backend 'torch' or 'transformer_lens'; for nnsight use "
+            f"steered_logits / generate (got {backend!r})"
+        )
     module, which = hf_hook_point(model.hf, model.info.family, site)
     if which == "input":
 
@@ -182,7 +188,11 @@ def _nnsight_apply(envoy: Any, which: str, tracker: _PositionTracker) -> None:
 
 
 def steered_logits(
-    model: LoadedModel, tokens: torch.Tensor, site: str | Site, edit: Edit | None, backend: str = "torch",
+    model: LoadedModel,
+    tokens: torch.Tensor,
+    site: str | Site,
+    edit: Edit | None,
+    backend: str = "torch",
     prompt_len: int | None = None,
 ) -> torch.Tensor:
     """Logits `[batch, pos, vocab]` of `tokens [batch, pos]` with `edit` applied at `site` (None: no edit)."""
@@ -206,8 +216,15 @@ def steered_logits(
 
 
 def generate(
-    model: LoadedModel, prompts: torch.Tensor, site: str | Site | None = None, edit: Edit | None = None,
-    max_new_tokens: int = 20, backend: str = "torch", do_sample: bool = False, seed: int = 0, **sampling: Any,
+    model: LoadedModel,
+    prompts: torch.Tensor,
+    site: str | Site | None = None,
+    edit: Edit | None = None,
+    max_new_tokens: int = 20,
+    backend: str = "torch",
+    do_sample: bool = False,
+    seed: int = 0,
+    **sampling: Any,
 ) -> torch.Tensor:
     """Token ids `[batch, prompt_len + max_new_tokens]` generated from `prompts [batch, prompt_len]` with `edit`.
 
@@ -227,7 +244,10 @@ def generate(
         check_edit(edit, model, site)
         lm, tracker = model.nnsight(), _PositionTracker(edit, prompt_len)
         envoy, which = _nnsight_envoy(model, site)
-        with torch.no_grad(), lm.generate(prompts, attention_mask=torch.ones_like(prompts), **kwargs) as tracer:
+        with (
+            torch.no_grad(),
+            lm.generate(prompts, attention_mask=torch.ones_like(prompts), **kwargs) as tracer,
+        ):
             for _ in tracer.iter[:max_new_tokens]:  # bounded, so the line after the loop runs
                 _nnsight_apply(envoy, which, tracker)
             out = tracer.result.save()

@@ -1,0 +1,132 @@
+"""Strength calibration and steered generation: KL-matched strengths by bisection, batched seeded sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from interp.models import LoadedModel
+from interp.sites import Site
+from interp.steer.interventions import AddDirection, generate, steered_logits
+
+NEUTRAL_PROMPTS = ("I think that", "The", "In my opinion,", "Here is what happened:")
+
+
+@dataclass
+class Prompts:
+    """Tokenized prompts, right-padded: `tokens [n, max_len]`, `lengths [n]` (BOS included)."""
+
+    texts: tuple[str, ...]
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def build(cls, model: LoadedModel, texts: tuple[str, ...]) -> Prompts:
+        ids = [
+            [model.bos_token_id, *model.tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts
+        ]
+        tokens = torch.full((len(ids), max(map(len, ids))), model.pad_token_id, dtype=torch.long)
+        for row, seq in enumerate(ids):
+            tokens[row, : len(seq)] = torch.tensor(seq)
+        return cls(texts, tokens, torch.tensor([len(s) for s in ids]))
+
+
+def next_token_logprobs(
+    model: LoadedModel, prompts: Prompts, site: Site, edit: AddDirection | None
+) -> torch.Tensor:
+    """Log-probabilities of the next token after each prompt, `[n_prompts, vocab]` (padding is after, so unseen)."""
+    logits = steered_logits(model, prompts.tokens, site, edit)
+    last = logits[torch.arange(len(prompts.texts)), (prompts.lengths - 1).to(logits.device)]
+    return last.float().log_softmax(-1).cpu()
+
+
+def kl_divergence(clean: torch.Tensor, steered: torch.Tensor) -> float:
+    """Mean over prompts of KL(clean || steered), both log-probabilities `[n, vocab]`."""
+    return float((clean.exp() * (clean - steered)).sum(-1).mean())
+
+
+@dataclass
+class Calibration:
+    alpha: float
+    kl: float
+    reached: bool  # |kl - target| <= tol * target
+
+
+def alpha_for_kl(
+    kl_at: Callable[[float], float],
+    target: float,
+    start: float,
+    tol: float = 0.1,
+    max_iter: int = 30,
+    max_doublings: int = 16,
+) -> Calibration:
+    """Bisection for the strength whose KL is within `tol` (relative) of `target`.
+
+    `kl_at(alpha)` should be memoized by the caller when several targets share a direction. Grows the upper
+    bound by doubling from `start`; reports `reached=False` (never drops the target) when it cannot get there.
+    """
+    lo, hi = 0.0, start
+    kl_hi = kl_at(hi)
+    doublings = 0
+    while kl_hi < target:
+        if doublings == max_doublings:
+            return Calibration(hi, kl_hi, False)
+        lo, hi, doublings = hi, hi * 2, doublings + 1
+        kl_hi = kl_at(hi)
+    best = Calibration(hi, kl_hi, abs(kl_hi - target) <= tol * target)
+    for _ in range(max_iter):
+        if best.reached:
+            break
+        mid = (lo + hi) / 2
+        kl = kl_at(mid)
+        if abs(kl - target) < abs(best.kl - target):
+            best = Calibration(mid, kl, abs(kl - target) <= tol * target)
+        lo, hi = (mid, hi) if kl < target else (lo, mid)
+    return best
+
+
+def kl_function(
+    model: LoadedModel, prompts: Prompts, site: Site, direction: torch.Tensor
+) -> Callable[[float], float]:
+    """Memoized `alpha -> KL(clean || steered)` on the prompts' next-token distributions."""
+    clean = next_token_logprobs(model, prompts, site, None)
+    memo: dict[float, float] = {}
+
+    def kl_at(alpha: float) -> float:
+        if alpha not in memo:
+            memo[alpha] = kl_divergence(
+                clean, next_token_logprobs(model, prompts, site, AddDirection(direction, alpha))
+            )
+        return memo[alpha]
+
+    return kl_at
+
+
+def steered_samples(
+    model: LoadedModel,
+    prompts: Prompts,
+    site: Site,
+    direction: torch.Tensor | None,
+    alpha: float,
+    n_samples: int,
+    max_new_tokens: int,
+    seed: int,
+    top_k: int = 30,
+    top_p: float = 0.3,
+) -> tuple[list[str], list[torch.Tensor]]:
+    """`n_samples` sampled continuations of each prompt, one generate batch per prompt.
+
+    Returns the continuation texts `[n_prompts * n_samples]` and, per prompt, the full sequences
+    `[n_samples, prompt_len + max_new_tokens]` (for perplexity).
+    """
+    texts, sequences = [], []
+    edit = None if direction is None or alpha == 0 else AddDirection(direction, alpha)
+    for row in range(len(prompts.texts)):
+        prompt = prompts.tokens[row : row + 1, : int(prompts.lengths[row])].repeat(n_samples, 1)
+        out = generate(model, prompt, site, edit, max_new_tokens=max_new_tokens, do_sample=True, seed=seed + row,
+                       top_k=top_k, top_p=top_p)  # fmt: skip
+        sequences.append(out.cpu())
+        texts += model.tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+    return texts, sequences

@@ -1,0 +1,51 @@
+"""A minimal decomposer for tests: fixed orthonormal directions, codes = relu(x @ D^T)."""
+
+from dataclasses import dataclass
+
+import torch
+
+from interp.decompose.base import check_activations, read_decomposer, save_decomposer
+
+
+@dataclass(frozen=True)
+class FixedConfig:
+    n_features: int = 8
+    d_in: int = 64
+    seed: int = 0
+
+
+class FixedDirections:
+    config_class = FixedConfig
+
+    def __init__(self, config, weights=None):
+        self.config = config
+        if weights is None:
+            q, _ = torch.linalg.qr(
+                torch.randn(
+                    config.d_in, config.n_features, generator=torch.Generator().manual_seed(config.seed)
+                )
+            )
+            weights = q.T.contiguous()
+        self.weights = weights
+        self.d_in, self.n_features = config.d_in, config.n_features
+
+    @property
+    def directions(self):
+        return self.weights
+
+    def fit(self, data, checkpoint_dir=None, progress=True):
+        return self
+
+    def encode(self, x):
+        return torch.relu(check_activations(x, self.d_in) @ self.weights.T)
+
+    def decode(self, codes):
+        return codes @ self.weights
+
+    def save(self, folder):
+        save_decomposer(folder, "fixed", self.config, {"W": self.weights})
+
+    @classmethod
+    def load(cls, folder):
+        meta, t = read_decomposer(folder)
+        return cls(FixedConfig(**meta["config"]), t["W"])
