@@ -49,3 +49,15 @@ class FixedDirections:
     def load(cls, folder):
         meta, t = read_decomposer(folder)
         return cls(FixedConfig(**meta["config"]), t["W"])
+
+
+class SplitIdentity(FixedDirections):
+    """Exact reconstruction with non-negative codes: codes = [relu(x), relu(-x)], decode = c[:d] - c[d:]."""
+
+    def __init__(self, d_in: int):
+        eye = torch.eye(d_in)
+        super().__init__(FixedConfig(n_features=2 * d_in, d_in=d_in), torch.cat([eye, -eye]))
+
+    def encode(self, x):
+        x = check_activations(x, self.d_in)
+        return torch.cat([x.clamp_min(0), (-x).clamp_min(0)], dim=1)

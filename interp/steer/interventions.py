@@ -5,6 +5,7 @@ An edit is a small frozen dataclass with `__call__(acts [batch, pos, d]) -> acts
 - `ProjectOut(direction)`: remove the component along the unit direction (directional ablation)
 - `ClampLatent(decomposer, latent, value)`: set one latent of a decomposer to `value`, keeping the error term:
   acts + decode(codes with latent = value) - decode(codes)
+- `Reconstruct(decomposer)`: decode(encode(acts)), the decomposer spliced in; `ZeroAblate()`: zeros
 
 `positions` says where an edit applies: "all", "prompt" (positions < prompt_len) or "generated" (>= prompt_len).
 
@@ -74,7 +75,27 @@ class ClampLatent:
         return acts + delta.view_as(acts).to(acts.dtype)
 
 
-Edit = AddDirection | ProjectOut | ClampLatent
+@dataclass(frozen=True, eq=False)
+class Reconstruct:
+    """Replace activations by a decomposer's reconstruction decode(encode(acts)) (splicing it into the model)."""
+
+    decomposer: Any
+    positions: str = "all"
+
+    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
+        flat = acts.reshape(-1, acts.shape[-1]).float()
+        return self.decomposer.decode(self.decomposer.encode(flat)).view_as(acts).to(acts.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class ZeroAblate:
+    positions: str = "all"
+
+    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(acts)
+
+
+Edit = AddDirection | ProjectOut | ClampLatent | Reconstruct | ZeroAblate
 
 
 def check_edit(edit: Edit, model: LoadedModel, site: Site) -> None:
@@ -88,6 +109,12 @@ def check_edit(edit: Edit, model: LoadedModel, site: Site) -> None:
             raise InterventionError(
                 f"latent {edit.latent} is out of range: the decomposer has features 0..{n - 1}"
             )
+    if isinstance(edit, Reconstruct | ClampLatent) and edit.decomposer.d_in != width:
+        raise InterventionError(
+            f"the decomposer was fitted on width {edit.decomposer.d_in}, but site {site.name} is {width} wide"
+        )
+    if isinstance(edit, Reconstruct | ZeroAblate):
+        return
     direction = edit.direction
     if direction.ndim != 1 or direction.shape[0] != width:
         raise InterventionError(
