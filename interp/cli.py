@@ -102,10 +102,15 @@ def capture_cmd(
     ] = None,
     text_column: str = "text",
     keep_bos: Annotated[bool, typer.Option(help="store the BOS position too")] = False,
+    distributed: Annotated[bool, typer.Option(help="under torchrun: split contexts over ranks")] = False,
 ) -> None:
     """Capture activations at sites into a resumable, sharded store (rerun the same command to resume)."""
     _offline_by_default()
     try:
+        if distributed:
+            from interp.distributed import init_from_env
+
+            device = init_from_env(device)
         stores, stats = run_capture(
             model,
             sites,

@@ -186,14 +186,18 @@ class ActivationStore:
         context_ids: torch.Tensor,
         positions: torch.Tensor,
         context_end: int,
+        context_start: int | None = None,
     ) -> None:
-        """Commit one shard: `acts [n, d]` and per-token ids `[n]`, covering contexts up to `context_end`."""
+        """Commit one shard: `acts [n, d]` and per-token ids `[n]`, covering contexts [context_start, context_end).
+
+        `context_start` defaults to where the store ends.
+        """
         n = acts.shape[0]
         if acts.ndim != 2 or acts.shape[1] != self.d:
             raise StoreError(f"acts must be [n, {self.d}] for site {self.site}, got {list(acts.shape)}")
         if not (token_ids.shape[0] == context_ids.shape[0] == positions.shape[0] == n):
             raise StoreError("token_ids, context_ids and positions must have one entry per activation row")
-        start = self.manifest.n_contexts
+        start = self.manifest.n_contexts if context_start is None else context_start
         index = len(self.manifest.shards)
         name = f"shard_{index:05d}.safetensors"
         n_bytes = atomic_save_safetensors(
@@ -294,3 +298,20 @@ class ActivationStore:
 def as_tensor(data: ActivationStore | torch.Tensor) -> torch.Tensor:
     """Activations `[n, d]` from a store (loaded whole) or a tensor (passed through)."""
     return data.load_all() if isinstance(data, ActivationStore) else data
+
+
+def merge_rank_stores(site_dir: str | Path, world: int) -> ActivationStore:
+    """Write the manifest of `site_dir` listing the shards of its `rank_NNN/` stores in context order (atomically).
+
+    Used after a distributed capture: each rank wrote its own store; readers see one store.
+    """
+    site_dir = Path(site_dir)
+    parts = [ActivationStore.open(site_dir / f"rank_{r:03d}") for r in range(world)]
+    manifest = StoreManifest(**{**parts[0].manifest.__dict__, "shards": []})
+    for r, part in enumerate(parts):
+        for shard in part.manifest.shards:
+            manifest.shards.append(ShardInfo(**{**shard.__dict__, "file": f"rank_{r:03d}/{shard.file}"}))
+    manifest.shards.sort(key=lambda s: s.context_start)
+    store = ActivationStore(site_dir, manifest)
+    store._write_manifest()
+    return store

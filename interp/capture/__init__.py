@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from interp import distributed
 from interp.corpus import Contexts
 from interp.models import LoadedModel
 from interp.sites import Site, parse_sites
-from interp.store import DTYPES, ActivationStore, StoreManifest
+from interp.store import DTYPES, ActivationStore, StoreManifest, merge_rank_stores
 
 BACKENDS = {
     "nnsight": "interp.capture.nnsight",
@@ -105,9 +106,17 @@ def capture(
         raise CaptureError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed.rank(), distributed.world_size()
+    begin, stop = distributed.rank_range(
+        contexts.n_contexts
+    )  # this rank's contexts (all of them in one process)
+
+    def folder(site: Site) -> Path:
+        return out / site.name if world == 1 else out / site.name / f"rank_{rank:03d}"
+
     stores = {
         site.name: ActivationStore.create(
-            out / site.name,
+            folder(site),
             StoreManifest(
                 model=info.name, site=site.name, d=site.width(info), dtype=dtype,
                 corpus_fingerprint=contexts.fingerprint, context_len=contexts.context_len, drop_bos=drop_bos,
@@ -116,29 +125,33 @@ def capture(
         for site in site_list
     }  # fmt: skip
     # Resume: every site restarts after the last context that all of them committed.
-    done = min(store.manifest.n_contexts for store in stores.values())
-    if done > contexts.n_contexts:  # the stores already hold more than this call asks for
-        return stores, CaptureStats(0, 0.0)
-    if done and (out / CONTEXTS_FILE).exists():
-        done = min(done, first_changed_context(Contexts.load(out / CONTEXTS_FILE), contexts))
+    done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
+    old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
+    distributed.barrier()  # every rank has read the old contexts before rank 0 replaces them
+    if done > stop:  # the stores already hold more than this call asks for
+        return _finish(stores, site_list, out, world), CaptureStats(0, 0.0)
+    if done > begin and old is not None:
+        done = min(done, first_changed_context(old, contexts))
     for store in stores.values():
         store.truncate(done)  # drops whole shards, so the stores may now end before `done`
-    done = min(store.manifest.n_contexts for store in stores.values())
-    contexts.save(out / CONTEXTS_FILE)
+    done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
+    if rank == 0:
+        contexts.save(out / CONTEXTS_FILE)
     if shard_tokens is None:
         widest = max(site.width(info) for site in site_list)
         shard_tokens = max(1024, (64 << 20) // (widest * DTYPES[dtype].itemsize))
 
     start_time, written = time.perf_counter(), 0
-    remaining = int(keep_mask(contexts, done, contexts.n_contexts, drop_bos).sum())
+    remaining = int(keep_mask(contexts, done, stop, drop_bos).sum())
     bar = tqdm(
         total=remaining, unit="tok", unit_scale=True, desc=f"capture {info.name}", disable=not progress
     )
     buffers: dict[Site, list[torch.Tensor]] = {site: [] for site in site_list}
     meta: list[torch.Tensor] = []  # per buffered batch: [n, 3] token id, context id, position
     buffered = 0
-    for start in range(done, contexts.n_contexts, batch_size):
-        end = min(start + batch_size, contexts.n_contexts)
+    shard_start = done
+    for start in range(done, stop, batch_size):
+        end = min(start + batch_size, stop)
         length = int(contexts.lengths[start:end].max())
         tokens = contexts.token_ids[start:end, :length].to(model.device)
         acts = run(model, tokens, site_list)
@@ -157,13 +170,26 @@ def capture(
         n = int(mask.sum())
         buffered += n
         bar.update(n)
-        if buffered >= shard_tokens or end == contexts.n_contexts:
+        if buffered >= shard_tokens or end == stop:
             ids = torch.cat(meta)
             for site in site_list:
-                stores[site.name].append(
-                    torch.cat(buffers[site]), ids[:, 0], ids[:, 1], ids[:, 2], context_end=end
-                )
+                store = stores[site.name]
+                store.append(torch.cat(buffers[site]), ids[:, 0], ids[:, 1], ids[:, 2], end, shard_start)
                 buffers[site] = []
-            meta, written, buffered = [], written + buffered, 0
+            meta, written, buffered, shard_start = [], written + buffered, 0, end
     bar.close()
-    return stores, CaptureStats(written, time.perf_counter() - start_time)
+    return _finish(stores, site_list, out, world), CaptureStats(written, time.perf_counter() - start_time)
+
+
+def _finish(
+    stores: dict[str, ActivationStore], sites: list[Site], out: Path, world: int
+) -> dict[str, ActivationStore]:
+    """In a distributed capture, wait for every rank, then merge the rank stores of each site (rank 0)."""
+    if world == 1:
+        return stores
+    distributed.barrier()
+    if distributed.rank() == 0:
+        for site in sites:
+            merge_rank_stores(out / site.name, world)
+    distributed.barrier()
+    return {site.name: ActivationStore.open(out / site.name) for site in sites}
