@@ -219,7 +219,7 @@ def build_config(config_class: type, method: str, options: dict[str, Any]) -> An
         if value is None:
             continue
         if name not in fields:
-            flag = "--" + name.replace("_", "-")
+            flag = {"n_features": "--k", "k": "--topk-k"}.get(name, "--" + name.replace("_", "-"))
             raise ValueError(f"{flag} does not apply to method {method!r}; its settings: {', '.join(fields)}")
         kwargs[name] = _coerce(value, fields[name])
     return config_class(**kwargs)

@@ -1,0 +1,484 @@
+"""SNMF: semi-nonnegative matrix factorization of MLP activations (Shafran, Geiger, Geva).
+
+The MLP hidden activations A `[d_mlp, n_tokens]` (here passed as x = A^T `[n_tokens, d_mlp]`) are factorized as
+A ~ F G^T with F `[d_mlp, k]` of any sign (a feature = a sparse weighting of neurons) and G `[n_tokens, k]` >= 0
+(how strongly each feature is present at each token). One iteration, as in the paper's official code:
+
+1. F = A G (G^T G + ridge I)^-1                                   (regularized least squares)
+2. winner-take-all: keep the m = ceil(sparsity * d_mlp) entries of largest |F| in each column, zero the rest
+3. rescale: divide each column of G by its norm, multiply the matching column of F by it (F G^T unchanged)
+4. G <- G * sqrt((P+ + G Q-) / (P- + G Q+ + eps)), P = A^T F, Q = F^T F  (Ding, Li & Jordan 2010; G stays >= 0)
+5. loss = ||A - F G^T||^2 = ||A||^2 - 2 <P, G> + <Q, G^T G>      (from products already formed: no residual)
+
+The best iterate (lowest loss) is returned. The fit stops at `max_iter`, or after `patience` iterations without a
+relative improvement of the loss larger than `tol` (the official code's absolute tolerance on the squared loss
+almost never fires on real activations; `stop_reason` says which rule stopped the fit).
+
+All of it is one streaming pass over the tokens per iteration: a G update needs only its own tokens, and the next
+F update only the sums A G and G^T G, accumulated in the same pass. A tensor is streamed in chunks, an
+ActivationStore shard by shard (out of core: G is then a memory-mapped file), with the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from interp.decompose.base import DecomposerError, check_activations, read_decomposer, save_decomposer
+from interp.device import resolve_device
+from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
+
+INITS = ("random", "svd", "kmeans")
+
+
+@dataclass(frozen=True)
+class SNMFConfig:
+    n_features: int = 100
+    """k, the number of features (with `hierarchy`, its first rank)."""
+    sparsity: float = 0.01
+    """Fraction of neurons each feature keeps (winner-take-all on |F| per column); the paper's default 1%."""
+    init: str = "svd"
+    """svd (Ding et al.; the default: on planted data random starts stall in local minima) | random (seeded:
+    G uniform in [0, 1), as the official code) | kmeans."""
+    max_iter: int = 500
+    """Iteration limit (official code default 500)."""
+    patience: int = 100
+    """Stop after this many iterations without improvement (official code default 100)."""
+    tol: float = 1e-6
+    """An iterate improves when loss < best_loss * (1 - tol) (relative; see module docstring)."""
+    ridge: float = 1e-6
+    """lambda of the F least-squares update."""
+    eps: float = 1e-6
+    """Added to the denominator of the multiplicative G update."""
+    seed: int = 0
+    device: str = "auto"
+    hierarchy: tuple[int, ...] = ()
+    """Ranks of a hierarchy, finest first (e.g. 400,200,100,50): level 1 is fitted on A at the first rank, each next
+    level on the previous level's feature matrix; the decomposer's features are level 1."""
+    chunk_tokens: int = 32768
+    """Tokens per streamed chunk of an in-memory tensor (stores stream shard by shard)."""
+    g_on_disk: bool | None = None
+    """Keep G in a memory-mapped file (None: when G is larger than 1 GiB or the data is a store)."""
+    checkpoint_every: int = 25
+    """Iterations between checkpoints when a checkpoint_dir is given."""
+    encode_iters: int = 50
+    """Multiplicative updates for the non-negative codes of new tokens (F fixed)."""
+
+    def __post_init__(self) -> None:
+        if self.hierarchy:
+            object.__setattr__(self, "hierarchy", tuple(int(r) for r in self.hierarchy))
+            object.__setattr__(self, "n_features", self.hierarchy[0])
+
+
+@dataclass
+class FitState:
+    iteration: int = 0
+    best_loss: float = math.inf
+    best_iteration: int = 0
+    since_best: int = 0
+    losses: list[float] = field(default_factory=list)  # relative loss ||A - F G^T||^2 / ||A||^2 per iteration
+    stop_reason: str = ""
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------- data streaming
+class _Data:
+    """x = A^T `[n, d]` as chunks (row ranges), from a tensor or a store."""
+
+    def __init__(self, data: ActivationStore | torch.Tensor, chunk_tokens: int, device: torch.device):
+        self.device = device
+        if isinstance(data, ActivationStore):
+            if data.n_tokens == 0:
+                raise DecomposerError(f"the store at {data.path} is empty; capture some tokens first")
+            self.store, self.tensor = data, None
+            sizes = [s.n_tokens for s in data.manifest.shards]
+            self.d = data.d
+        else:
+            check_activations(data)
+            self.store, self.tensor = None, data
+            sizes = [min(chunk_tokens, data.shape[0] - i) for i in range(0, data.shape[0], chunk_tokens)]
+            self.d = data.shape[1]
+        offsets = np.cumsum([0, *sizes])
+        self.ranges = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
+        self.n = int(offsets[-1])
+
+    def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        for index, (start, end) in enumerate(self.ranges):
+            if self.store is not None:
+                x = self.store.load_shard(index)["acts"].to(self.device, torch.float32)
+                if not torch.isfinite(x).all():
+                    raise DecomposerError(f"shard {index} of {self.store.path} holds NaN or inf")
+            else:
+                x = self.tensor[start:end].to(self.device, torch.float32)
+            yield start, end, x
+
+
+class _GMatrix:
+    """G `[n, k]` >= 0 in memory or in a memory-mapped .npy file; rows are read and written by range."""
+
+    def __init__(self, n: int, k: int, path: Path | None):
+        self.path, self._memmap = path, None
+        if path is None:
+            self.data = torch.zeros(n, k)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._memmap = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, k))
+            self.data = torch.from_numpy(self._memmap)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self.data[rows]
+
+    def __setitem__(self, rows: slice, value: torch.Tensor) -> None:
+        self.data[rows] = value.to("cpu", torch.float32)
+
+    def copy_from(self, other: _GMatrix) -> None:
+        self.data.copy_(other.data)
+
+    def snapshot(self, target: Path) -> None:
+        """Write G to `target` (.npy) atomically: an on-disk checkpoint that later iterations do not touch."""
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, self.data.numpy())
+        tmp.replace(target)
+
+    def restore(self, source: Path) -> None:
+        self.data.copy_(torch.from_numpy(np.load(source)))
+
+
+# ------------------------------------------------------------------------------------------- the algorithm
+def winner_take_all(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the m entries of largest |f| in each column of `f [d, k]`: returns (indices [k, m], values [k, m])."""
+    idx = f.abs().topk(m, dim=0).indices.T  # [k, m]
+    return idx, f.T.gather(1, idx)
+
+
+def dense_from_sparse(idx: torch.Tensor, vals: torch.Tensor, d: int) -> torch.Tensor:
+    """F `[d, k]` from per-column (indices, values) `[k, m]`."""
+    f = torch.zeros(idx.shape[0], d, device=vals.device, dtype=vals.dtype)
+    return f.scatter_(1, idx, vals).T
+
+
+def multiplicative_update(g: torch.Tensor, p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
+    """One Ding-Li-Jordan semi-NMF update of G `[n, k]` given P = A^T F `[n, k]` and Q = F^T F `[k, k]`."""
+    q_pos, q_neg = q.clamp_min(0), (-q).clamp_min(0)
+    numerator = p.clamp_min(0) + g @ q_neg
+    denominator = (-p).clamp_min(0) + g @ q_pos + eps
+    return g * (numerator / denominator).sqrt()
+
+
+def solve_f(ag: torch.Tensor, gtg: torch.Tensor, ridge: float) -> torch.Tensor:
+    """F = A G (G^T G + ridge I)^-1 `[d, k]`."""
+    eye = torch.eye(gtg.shape[0], device=gtg.device, dtype=gtg.dtype)
+    chol = torch.linalg.cholesky(gtg + ridge * eye)
+    return torch.cholesky_solve(ag.T, chol).T
+
+
+class SNMF:
+    """Semi-NMF decomposer: `directions` are F's unit columns, `encode` gives non-negative codes with F fixed."""
+
+    config_class = SNMFConfig
+
+    def __init__(self, config: SNMFConfig = SNMFConfig()):
+        if config.init not in INITS:
+            raise DecomposerError(f"unknown init {config.init!r}; valid: {', '.join(INITS)}")
+        if not 0 < config.sparsity <= 1:
+            raise DecomposerError(f"sparsity must be in (0, 1], got {config.sparsity}")
+        if any(b >= a for a, b in zip(config.hierarchy, config.hierarchy[1:], strict=False)):
+            raise DecomposerError(f"hierarchy ranks must decrease, got {config.hierarchy}")
+        self.config = config
+        self.n_features = config.n_features
+        self.d_in: int | None = None
+        self.f: torch.Tensor | None = None  # [d_in, k]
+        self.state = FitState()
+        self.levels: list[
+            dict[str, torch.Tensor]
+        ] = []  # hierarchy: per coarser level, F [d, r] and G [r_prev, r]
+
+    # --------------------------------------------------------------------------------- interface
+    @property
+    def directions(self) -> torch.Tensor:
+        """Unit feature vectors in activation space, `[n_features, d_in]`."""
+        self._check_fitted()
+        return torch.nn.functional.normalize(self.f.T, dim=1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Non-negative codes `[n, k]` of `x [n, d_in]` with F fixed: least squares, clamped, then
+        `encode_iters` multiplicative updates (the fit's own G rule)."""
+        self._check_fitted()
+        x = check_activations(x, self.d_in).float()
+        f = self.f.to(x.device)
+        q = f.T @ f
+        p = x @ f
+        g = torch.linalg.solve(
+            q + self.config.ridge * torch.eye(q.shape[0], device=x.device), p.T
+        ).T.clamp_min(1e-6)
+        for _ in range(self.config.encode_iters):
+            g = multiplicative_update(g, p, q, self.config.eps)
+        return g
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """x_hat = codes F^T, `[n, d_in]`."""
+        self._check_fitted()
+        if codes.ndim != 2 or codes.shape[1] != self.n_features:
+            raise DecomposerError(f"codes must be [n, {self.n_features}], got {list(codes.shape)}")
+        return codes.float() @ self.f.T.to(codes.device)
+
+    def feature_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's activation on new tokens: cosine between each token and each unit feature, `[n, k]`
+        (can be negative; `encode` is the non-negative code)."""
+        x = check_activations(x, self.d_in).float()
+        return torch.nn.functional.normalize(x, dim=1) @ self.directions.to(x.device).T
+
+    def neurons(self, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The neurons that make feature `feature` and their weights (the non-zero entries of its column of F)."""
+        column = self.f[:, feature]
+        idx = column.nonzero()[:, 0]
+        order = column[idx].abs().argsort(descending=True)
+        return idx[order], column[idx[order]]
+
+    def _check_fitted(self) -> None:
+        if self.f is None:
+            raise DecomposerError("this SNMF is not fitted; call fit(data) or SNMF.load(folder)")
+
+    # --------------------------------------------------------------------------------- fitting
+    def fit(
+        self,
+        data: ActivationStore | torch.Tensor,
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> SNMF:
+        """Fit on activations `[n_tokens, d_mlp]` (a tensor, or a store streamed shard by shard)."""
+        device = resolve_device(self.config.device)
+        stream = _Data(data, self.config.chunk_tokens, device)
+        k = self.n_features
+        if k > min(stream.n, stream.d):
+            raise DecomposerError(
+                f"n_features={k} is larger than min(n_tokens={stream.n}, d_in={stream.d}); use a smaller --k "
+                "or capture more tokens"
+            )
+        self.d_in = stream.d
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        on_disk = self.config.g_on_disk
+        if on_disk is None:
+            on_disk = stream.store is not None or stream.n * k * 4 > 2**30
+        if on_disk and ckpt is None:
+            import tempfile
+
+            ckpt = Path(tempfile.mkdtemp(prefix="snmf-"))
+        self.f = self._fit_level(stream, k, ckpt, on_disk, progress, level=1)
+        if self.config.hierarchy:
+            self._fit_hierarchy(progress)
+        return self
+
+    def _fit_level(
+        self, stream: _Data, k: int, ckpt: Path | None, on_disk: bool, progress: bool, level: int
+    ) -> torch.Tensor:
+        cfg, device, d = self.config, stream.device, stream.d
+        m = max(1, math.ceil(cfg.sparsity * d))
+        g = _GMatrix(stream.n, k, ckpt / "G.npy" if on_disk else None)
+        g_best = _GMatrix(stream.n, k, ckpt / "G_best.npy" if on_disk else None)
+        state, resumed = FitState(), False
+        if ckpt is not None and (ckpt / "state.json").exists():
+            saved = load_file(str(ckpt / "checkpoint.safetensors"))
+            state = FitState(**json.loads((ckpt / "state.json").read_text()))
+            if on_disk:
+                g.restore(ckpt / "G.checkpoint.npy")
+                g_best.restore(ckpt / "G_best.checkpoint.npy")
+            else:
+                g.data.copy_(saved["G"])
+                g_best.data.copy_(saved["G_best"])
+            f_best, ag, gtg = saved["F_best"].to(device), saved["AG"].to(device), saved["GtG"].to(device)
+            norm_a2 = float(saved["norm_a2"])
+            resumed = True
+            if state.stop_reason == "max_iter" and state.iteration < cfg.max_iter:
+                state.stop_reason = ""  # asked for more iterations: continue
+        if not resumed:
+            norm_a2 = sum(float(x.square().sum()) for _, _, x in stream.chunks())
+            if norm_a2 == 0:
+                raise DecomposerError("the activations are all zero; nothing to factorize")
+            ag, gtg = self._initialize(stream, g, k)
+            f_best = torch.zeros(d, k, device=device)
+
+        bar = tqdm(total=cfg.max_iter, initial=state.iteration, desc=f"SNMF k={k}", disable=not progress)
+        started = time.perf_counter() - state.seconds
+        while state.iteration < cfg.max_iter and not state.stop_reason:
+            # 1-3: F from the sums of the previous pass, winner-take-all, rescale G's columns into F.
+            f = solve_f(ag, gtg, cfg.ridge)
+            idx, vals = winner_take_all(f, m)
+            g_norms = gtg.diagonal().clamp_min(1e-30).sqrt()  # ||G[:, j]|| before the rescale
+            vals = vals * g_norms[:, None]
+            f_dense = dense_from_sparse(idx, vals, d)
+            q = f_dense.T @ f_dense
+            # 4-5: one pass over the tokens: update G, accumulate A G, G^T G and <P, G> for the loss.
+            ag, gtg, cross = torch.zeros(d, k, device=device), torch.zeros(k, k, device=device), 0.0
+            for start, end, x in stream.chunks():
+                g_chunk = g[start:end].to(device) / g_norms
+                p = x @ f_dense  # P = A^T F for these tokens
+                g_chunk = multiplicative_update(g_chunk, p, q, cfg.eps)
+                g[start:end] = g_chunk
+                ag += x.T @ g_chunk
+                gtg += g_chunk.T @ g_chunk
+                cross += float((p * g_chunk).sum())
+            loss = (norm_a2 - 2 * cross + float((q * gtg).sum())) / norm_a2
+            state.iteration += 1
+            state.losses.append(loss)
+            if loss < state.best_loss * (1 - cfg.tol):
+                state.best_loss, state.best_iteration, state.since_best = loss, state.iteration, 0
+                f_best = f_dense.clone()
+                g_best.copy_from(g)
+            else:
+                state.since_best += 1
+                if state.since_best >= cfg.patience:
+                    state.stop_reason = "patience"
+            if state.iteration >= cfg.max_iter and not state.stop_reason:
+                state.stop_reason = "max_iter"
+            bar.update(1)
+            bar.set_postfix(rel_error=f"{loss:.4f}", best=f"{state.best_loss:.4f}")
+            state.seconds = time.perf_counter() - started
+            if ckpt is not None and (state.iteration % cfg.checkpoint_every == 0 or state.stop_reason):
+                self._checkpoint(ckpt, g, g_best, f_best, ag, gtg, norm_a2, state, on_disk)
+        bar.close()
+        if level == 1:
+            self.state = state
+            self.g_best = g_best  # the codes of the fitted tokens (best iterate), [n_tokens, k]
+        return f_best.cpu()
+
+    def _initialize(self, stream: _Data, g: _GMatrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill G with the chosen init and return the sums (A G, G^T G) that the first F update needs."""
+        cfg, device, d = self.config, stream.device, stream.d
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if (
+            cfg.init == "svd"
+        ):  # Ding et al.: F = U sqrt(S), G = clamp(V sqrt(S)); V from the Gram matrix A A^T
+            gram = torch.zeros(d, d, device=device, dtype=torch.float64)
+            for _, _, x in stream.chunks():
+                gram += (x.T @ x).double()
+            eigvals, eigvecs = torch.linalg.eigh(gram)  # A A^T = U S^2 U^T
+            top = eigvals.flip(0)[:k].clamp_min(1e-12).float()
+            u = eigvecs.flip(1)[:, :k].float()
+            scale = top**-0.25  # V sqrt(S) = A^T U S^-1/2, and S = sqrt(eigenvalues)
+            sums = torch.zeros(k, device=device)  # orient each singular pair so that its V has positive mass
+            for _, _, x in stream.chunks():
+                sums += (x @ u).sum(0)
+            u = u * torch.where(sums < 0, -1.0, 1.0)
+        elif cfg.init == "kmeans":
+            centroids = self._kmeans(stream, k, gen)
+        for start, end, x in stream.chunks():
+            if cfg.init == "random":
+                chunk = torch.rand(end - start, k, generator=gen).clamp_min(1e-6)
+            elif cfg.init == "svd":
+                chunk = ((x @ u) * scale).clamp_min(1e-6).cpu()
+            else:
+                assign = torch.cdist(x, centroids).argmin(dim=1)
+                chunk = torch.nn.functional.one_hot(assign, k).float().clamp_min(1e-6).cpu()
+            g[start:end] = chunk
+        ag, gtg = torch.zeros(d, k, device=device), torch.zeros(k, k, device=device)
+        for start, end, x in stream.chunks():
+            g_chunk = g[start:end].to(device)
+            ag += x.T @ g_chunk
+            gtg += g_chunk.T @ g_chunk
+        return ag, gtg
+
+    def _kmeans(self, stream: _Data, k: int, gen: torch.Generator, iters: int = 20) -> torch.Tensor:
+        """k-means centroids `[k, d]` of the tokens (Lloyd, seeded by k random tokens), streamed."""
+        picks = sorted(torch.randperm(stream.n, generator=gen)[:k].tolist())
+        centroids = torch.zeros(k, stream.d, device=stream.device)
+        for start, end, x in stream.chunks():
+            inside = [i for i, p in enumerate(picks) if start <= p < end]
+            if inside:
+                centroids[inside] = x[[picks[i] - start for i in inside]]
+        for _ in range(iters):
+            sums, counts = torch.zeros_like(centroids), torch.zeros(k, device=stream.device)
+            for _, _, x in stream.chunks():
+                assign = torch.cdist(x, centroids).argmin(dim=1)
+                sums.index_add_(0, assign, x)
+                counts += torch.bincount(assign, minlength=k).float()
+            keep = counts > 0
+            centroids[keep] = sums[keep] / counts[keep, None]
+        return centroids
+
+    def _checkpoint(self, ckpt, g, g_best, f_best, ag, gtg, norm_a2, state, on_disk) -> None:
+        tensors = {
+            "F_best": f_best,
+            "AG": ag,
+            "GtG": gtg,
+            "norm_a2": torch.tensor(norm_a2, dtype=torch.float64),
+        }
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if on_disk:
+            g.snapshot(ckpt / "G.checkpoint.npy")
+            g_best.snapshot(ckpt / "G_best.checkpoint.npy")
+        else:
+            tensors |= {"G": g.data, "G_best": g_best.data}
+        atomic_save_safetensors({k: v.cpu() for k, v in tensors.items()}, ckpt / "checkpoint.safetensors")
+        atomic_write_json(ckpt / "state.json", asdict(state))
+
+    def _fit_hierarchy(self, progress: bool) -> None:
+        """Each coarser level factorizes the previous level's F `[d, r_prev]` (its columns as the 'tokens')."""
+        self.levels = []
+        previous = self.f
+        for rank in self.config.hierarchy[1:]:
+            child = SNMF(SNMFConfig(**{**asdict(self.config), "hierarchy": (), "n_features": rank}))
+            child.fit(previous.T.contiguous(), progress=progress)
+            self.levels.append({"F": child.f, "G": child.g_best.data.clone()})  # G [r_prev, rank] >= 0
+            previous = child.f
+
+    def hierarchy_tree(self, top_parents: int = 1) -> dict:
+        """The hierarchy as a JSON-able tree: levels (finest first) and, per feature of each level but the last,
+        its parent(s) in the next level with the mixing weights G (each fine feature ~ sum of weights x parents)."""
+        ranks = [self.n_features, *[lvl["F"].shape[1] for lvl in self.levels]]
+        nodes = []
+        for level, rank in enumerate(ranks, start=1):
+            for feature in range(rank):
+                node = {
+                    "id": f"L{level}:{feature}",
+                    "level": level,
+                    "feature": feature,
+                    "parents": [],
+                    "children": [],
+                }
+                nodes.append(node)
+        by_id = {n["id"]: n for n in nodes}
+        for level, mix in enumerate(self.levels, start=1):
+            weights = mix["G"]  # [rank of this level, rank of the next]
+            top = weights.topk(min(top_parents, weights.shape[1]), dim=1)
+            for child in range(weights.shape[0]):
+                for w, parent in zip(top.values[child].tolist(), top.indices[child].tolist(), strict=True):
+                    child_id, parent_id = f"L{level}:{child}", f"L{level + 1}:{parent}"
+                    by_id[child_id]["parents"].append({"id": parent_id, "weight": w})
+                    by_id[parent_id]["children"].append({"id": child_id, "weight": w})
+        return {"levels": ranks, "nodes": nodes}
+
+    # --------------------------------------------------------------------------------- files
+    def save(self, folder: str | Path) -> None:
+        self._check_fitted()
+        tensors = {"F": self.f}
+        for i, level in enumerate(self.levels, start=2):
+            tensors[f"hierarchy.{i}.F"] = level["F"]
+            tensors[f"hierarchy.{i}.G"] = level["G"]
+        extra = {"d_in": self.d_in, "fit": {k: v for k, v in asdict(self.state).items() if k != "losses"},
+                 "losses": self.state.losses}  # fmt: skip
+        save_decomposer(folder, "snmf", self.config, tensors, extra)
+        if self.levels:
+            atomic_write_json(Path(folder) / "hierarchy.json", self.hierarchy_tree())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SNMF:
+        meta, tensors = read_decomposer(folder)
+        snmf = cls(SNMFConfig(**{**meta["config"], "hierarchy": tuple(meta["config"]["hierarchy"])}))
+        snmf.f, snmf.d_in = tensors["F"], meta["d_in"]
+        snmf.state = FitState(**meta["fit"], losses=meta.get("losses", []))
+        level = 2
+        while f"hierarchy.{level}.F" in tensors:
+            snmf.levels.append({"F": tensors[f"hierarchy.{level}.F"], "G": tensors[f"hierarchy.{level}.G"]})
+            level += 1
+        return snmf
