@@ -1,4 +1,4 @@
-"""The `interp` command line: capture | fit | steer-eval | models | summary | demo."""
+"""The `interp` command line: capture | fit | evaluate | steer-eval | models | summary | demo."""
 
 from __future__ import annotations
 
@@ -294,6 +294,71 @@ def fit_cmd(
         _fail(e)
 
 
+# ------------------------------------------------------------------------------------------ evaluate
+def evaluate_decomposers(folders: list[Path], store_path: Path | None, max_tokens: int, n_contexts: int,
+                         device: str = "auto") -> list[dict[str, Any]]:  # fmt: skip
+    """Reconstruction, sparsity and spliced-in metrics of decomposers fitted on one site, one row each."""
+    from interp.capture import CONTEXTS_FILE
+    from interp.corpus import Contexts
+    from interp.decompose import load_decomposer
+    from interp.decompose.metrics import evaluate
+    from interp.decompose.splice import spliced_metrics
+    from interp.models import load_model
+    from interp.store import ActivationStore
+
+    rows, model = [], None
+    for folder in folders:
+        source = json.loads((folder / "source.json").read_text()) if (folder / "source.json").exists() else {}
+        path = store_path or (Path(source["store"]) if source else None)
+        if path is None:
+            raise ValueError(f"{folder} does not say which store it was fitted on; pass --store")
+        store = ActivationStore.open(path)
+        decomposer = load_decomposer(folder)
+        row = {"decomposer": folder.name, "method": json.loads((folder / "config.json").read_text())["method"],
+               "site": store.site, "n_features": decomposer.n_features,
+               **evaluate(decomposer, store, max_tokens=max_tokens)}  # fmt: skip
+        if n_contexts > 0 and (path.parent / CONTEXTS_FILE).exists():
+            model = model or load_model(store.manifest.model, device=device)
+            contexts = Contexts.load(path.parent / CONTEXTS_FILE)
+            row.update(spliced_metrics(model, decomposer, store.site, contexts, n_contexts=n_contexts))
+        rows.append(row)
+    return rows
+
+
+def print_evaluation(rows: list[dict[str, Any]]) -> None:
+    columns = [("decomposer", 26, "s"), ("site", 14, "s"), ("n_features", 10, "d"), ("fvu", 8, ".4f"),
+               ("l0", 8, ".1f"), ("dead_fraction", 8, ".3f"), ("ce_delta", 9, ".4f"), ("kl", 8, ".4f"),
+               ("ce_loss_recovered", 9, ".3f")]  # fmt: skip
+    names = {"dead_fraction": "dead", "ce_loss_recovered": "CE rec.", "ce_delta": "dCE"}
+    typer.echo(
+        "".join(f"{names.get(c, c):>{w}} " if f != "s" else f"{names.get(c, c):<{w}} " for c, w, f in columns)
+    )
+    for row in rows:
+        cells = []
+        for column, width, fmt in columns:
+            value = row.get(column, float("nan"))
+            cells.append(f"{value:<{width}{fmt}} " if fmt == "s" else f"{value:>{width}{fmt}} ")
+        typer.echo("".join(cells))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    decomposers: Annotated[list[Path], typer.Argument(help="decomposer folders fitted on the same site")],
+    store: Annotated[
+        Path | None, typer.Option(help="store to measure on (default: the one each was fitted on)")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="tokens for the reconstruction metrics")] = 20_000,
+    n_contexts: Annotated[int, typer.Option(help="contexts for the spliced CE / KL metrics (0: skip)")] = 16,
+    device: str = "auto",
+) -> None:
+    """One table: FVU, L0, dead fraction, CE change / KL / CE loss recovered with the reconstruction spliced in."""
+    _offline_by_default()
+    try:
+        print_evaluation(evaluate_decomposers(decomposers, store, max_tokens, n_contexts, device))
+    except USER_ERRORS as e:
+        _fail(e)
+
+
 # ------------------------------------------------------------------------------------------ steer-eval
 def _floats(text: str | None) -> tuple[float, ...] | None:
     return None if text is None else tuple(float(v) for v in text.split(",") if v.strip())
@@ -383,7 +448,9 @@ def demo_cmd(
     device: str = "auto",
     out: Annotated[Path | None, typer.Option(help="run folder (default cache/demo)")] = None,
 ) -> None:
-    """Every stage that exists, on the default model and corpus: capture a middle layer, then summarize it."""
+    """Every stage on the default model and corpus: capture a middle layer, fit SNMF and a TopK SAE on its MLP
+    activations, compare them in one table, and show the top tokens of a few SNMF features."""
+    from interp.examples import describe_features
     from interp.paths import cache_dir
 
     _offline_by_default()
@@ -391,11 +458,37 @@ def demo_cmd(
     out = out or cache_dir() / "demo" / Path(model).name
     try:
         stores, stats = run_capture(model, None, "bbc", n_tokens, 128, 8, "nnsight", device, "float32", out)
+        typer.echo(f"captured {stats.n_tokens:,} new tokens at {stats.tokens_per_second:,.0f} tokens/s")
+        print_summary(list(stores.values()))
+        site = next(name for name in stores if name.endswith("mlp_hidden"))
+        store_path = out / site
+        fits = {
+            "snmf": {"n_features": 64, "max_iter": 300, "device": device},
+            "topk": {"n_features": 4096, "k": 32, "n_steps": 300, "batch_size": 2048, "device": device},
+        }
+        folders = []
+        for method, options in fits.items():
+            folder = out / "decomposers" / f"{method}-{site}"
+            run_fit(store_path, method, folder, options)
+            folders.append(folder)
+        typer.echo(
+            "\nDecomposers of " + site + " (reconstruction on the fitted tokens; spliced into the model):"
+        )
+        print_evaluation(
+            evaluate_decomposers(folders, None, max_tokens=n_tokens, n_contexts=8, device=device)
+        )
+        from interp.decompose import load_decomposer
+        from interp.models import load_model
+        from interp.store import ActivationStore
+
+        snmf = load_decomposer(folders[0])
+        tokenizer = load_model(model, device="cpu").tokenizer
+        typer.echo("\nTop tokens of the first SNMF features:")
+        for line in describe_features(snmf, ActivationStore.open(store_path), list(range(8)), tokenizer):
+            typer.echo("  " + line)
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(f"captured {stats.n_tokens:,} new tokens at {stats.tokens_per_second:,.0f} tokens/s")
-    print_summary(list(stores.values()))
-    typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s; outputs in {out}")
+    typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs in {out}")
 
 
 def main() -> None:  # pragma: no cover

@@ -90,3 +90,43 @@ def test_errors_are_one_clear_line(tmp_path):
     assert result.exit_code == 2 and "holds no text" in result.output
     result = runner.invoke(app, ["fit", "--method", "nmf", "--store", str(tmp_path)])
     assert result.exit_code == 2 and "unknown method 'nmf'" in result.output
+
+
+def test_fit_then_evaluate_snmf_and_saes(tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt")
+    capture = [
+        "capture",
+        "--model",
+        "tiny-llama",
+        "--sites",
+        "1.mlp_hidden",
+        "--corpus",
+        str(corpus),
+        "--n-tokens",
+        "1500",
+        "--context-len",
+        "32",
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+    ]
+    assert runner.invoke(app, capture).exit_code == 0
+    store = str(tmp_path / "run" / "1.mlp_hidden")
+    fits = {
+        "snmf": ["--k", "16", "--max-iter", "40"],
+        "topk": ["--k", "64", "--topk-k", "4", "--n-steps", "30", "--batch-size", "256"],
+        "mpsae": ["--k", "64", "--topk-k", "4", "--n-steps", "30", "--batch-size", "256"],
+    }
+    for method, flags in fits.items():
+        result = runner.invoke(app, ["fit", "--method", method, "--store", store, "--out", str(tmp_path / method),
+                                     "--device", "cpu", *flags])  # fmt: skip
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["evaluate", *(str(tmp_path / m) for m in fits), "--n-contexts", "4", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split()[:4] == ["decomposer", "site", "n_features", "fvu"]
+    assert [line.split()[0] for line in lines[1:]] == list(fits)
+    assert "nan" not in result.output

@@ -154,13 +154,6 @@ class MPSAE(SAE):
             raise DecomposerError("fold the activation scale before saving (training does this at its end)")
         return {"W_dec": m.W_dec.detach().float().cpu(), "b_dec": m.b_dec.detach().float().cpu()}
 
-    def save(self, folder, model_name: str = "", hook_name: str = "") -> None:
-        from interp.decompose.base import save_decomposer
-
-        save_decomposer(
-            folder, "mpsae", self.config, self.tensors(), {"d_in": self.d_in, "history": self.history[-50:]}
-        )
-
     def with_steps(self, steps: int, residual_threshold: float = 0.0) -> MPSAE:
         """The same dictionary, encoding with another number of pursuit steps (adaptive sparsity)."""
         from dataclasses import replace

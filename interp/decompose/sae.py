@@ -355,9 +355,7 @@ class SAE:
         tensors = self.tensors()
         save_decomposer(folder, self.method, self.config, tensors,
                         {"d_in": self.d_in, "history": self.history[-50:]})  # fmt: skip
-        write_saelens_files(
-            folder, self.config.architecture, tensors, self.d_in, self.config, model_name, hook_name
-        )
+        write_saelens_files(folder, self.method, tensors, self.d_in, self.config, model_name, hook_name)
 
     @classmethod
     def load(cls, folder: str | Path):

@@ -2,7 +2,7 @@
 
 SAELens' architecture names: ReLU -> "standard", TopK -> "topk", JumpReLU -> "jumprelu"; a BatchTopK SAE is saved
 as "jumprelu" with its single inference threshold repeated per latent (how SAELens itself exports BatchTopK SAEs
-for inference). Weights use SAELens' names and shapes; the activation scale is already folded in.
+for inference); an MP-SAE as "matching_pursuit" (tied: W_dec and b_dec only). Weights use SAELens' names and shapes; the activation scale is already folded in.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ import torch
 
 from interp.store import atomic_save_safetensors, atomic_write_json
 
-SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+SAELENS_ARCHITECTURE = {
+    "relu": "standard",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+    "mpsae": "matching_pursuit",
+}
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CONFIG = "cfg.json"
 
@@ -35,6 +41,12 @@ def saelens_config(
     }
     if architecture == "topk":
         cfg["k"] = config.k
+    if (
+        architecture == "mpsae"
+    ):  # SAELens' MP-SAE: tied W_dec, stops after max_iterations or below the threshold
+        cfg["max_iterations"] = config.inference_steps or config.k
+        cfg["residual_threshold"] = config.residual_threshold
+        cfg["stop_on_duplicate_support"] = False
     return cfg
 
 
