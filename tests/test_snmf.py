@@ -118,7 +118,7 @@ def make_store(path, x: torch.Tensor, rows: int = 700) -> ActivationStore:
 
 def test_out_of_core_equals_in_memory(tmp_path, data):
     x, _ = data
-    config = SNMFConfig(n_features=16, max_iter=40, chunk_tokens=1000)
+    config = SNMFConfig(n_features=16, max_iter=40, chunk_tokens=1000, stream=True)
     memory = SNMF(config).fit(x, progress=False)
     disk = SNMF(config).fit(make_store(tmp_path / "s", x), checkpoint_dir=tmp_path / "ck", progress=False)
     assert (tmp_path / "ck" / "G.npy").exists()  # G was memory-mapped on disk

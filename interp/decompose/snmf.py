@@ -66,6 +66,10 @@ class SNMFConfig:
     level on the previous level's feature matrix; the decomposer's features are level 1."""
     chunk_tokens: int = 32768
     """Tokens per streamed chunk of an in-memory tensor (stores stream shard by shard)."""
+    stream: bool | None = None
+    """Stream a store shard by shard every iteration (out of core); None: only when its activations take more
+    than `memory_limit_gb` (smaller stores are loaded once)."""
+    memory_limit_gb: float = 4.0
     g_on_disk: bool | None = None
     """Keep G in a memory-mapped file (None: when G is larger than 1 GiB or the data is a store)."""
     checkpoint_every: int = 25
@@ -258,6 +262,8 @@ class SNMF:
     ) -> SNMF:
         """Fit on activations `[n_tokens, d_mlp]` (a tensor, or a store streamed shard by shard)."""
         device = resolve_device(self.config.device)
+        if isinstance(data, ActivationStore) and not self._stream(data):
+            data = data.load_all() if data.n_tokens else data
         stream = _Data(data, self.config.chunk_tokens, device)
         k = self.n_features
         if k > min(stream.n, stream.d):
@@ -278,6 +284,11 @@ class SNMF:
         if self.config.hierarchy:
             self._fit_hierarchy(progress)
         return self
+
+    def _stream(self, store: ActivationStore) -> bool:
+        if self.config.stream is not None:
+            return self.config.stream
+        return store.n_tokens * store.d * 4 > self.config.memory_limit_gb * 2**30
 
     def _fit_level(
         self, stream: _Data, k: int, ckpt: Path | None, on_disk: bool, progress: bool, level: int

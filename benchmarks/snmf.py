@@ -1,0 +1,183 @@
+"""SNMF speed and error vs overcomplete's SemiNMF, measured in the same run.
+
+    python benchmarks/snmf.py --peer-python /tmp/venv-oc/bin/python            # planted data only
+    python benchmarks/snmf.py --peer-python ... --store cache/activations/gemma-3-270m/bbc/9.mlp_hidden
+
+The peer runs in its own virtual environment (`python -m venv /tmp/venv-oc && /tmp/venv-oc/bin/pip install
+torch==2.13.0 overcomplete 'matplotlib<3.9'`), given the same data through a temporary file (a stub stands in for torchvision, which overcomplete's package imports
+for its vision wrappers and which cannot load beside the CPU torch wheel; SemiNMF does not use it). Rows:
+- interp SNMF as the paper specifies it (1% of neurons per feature; SVD init; stops by patience),
+- interp with sparsity 1.0 and random init: plain semi-NMF, the same problem overcomplete solves,
+- overcomplete SemiNMF (multiplicative updates, random init),
+- interp SNMF streamed out of core from a store (same data, G memory-mapped): the in-memory vs out-of-core ratio.
+Relative error = ||A - F G^T||^2 / ||A||^2. With --store, the top tokens of 10 features of the real fit are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PEER = r"""
+import json, sys, time, types, torch
+# overcomplete's package __init__ imports its vision wrappers (torchvision), which cannot load beside the CPU torch
+# wheel; SemiNMF does not use them, so a stub module stands in for torchvision.
+stub = types.ModuleType("torchvision")
+stub.transforms = types.ModuleType("torchvision.transforms")
+sys.modules.update({"torchvision": stub, "torchvision.transforms": stub.transforms})
+from overcomplete.optimization import SemiNMF
+torch.manual_seed(0)
+x = torch.load(sys.argv[1], weights_only=True)
+iters = int(sys.argv[2])
+model = SemiNMF(nb_concepts=int(sys.argv[3]), solver="mu", tol=0.0)
+start = time.perf_counter()
+z, d = model.fit(x, max_iter=iters)
+seconds = time.perf_counter() - start
+error = float((x - z @ d).square().sum() / x.square().sum())
+print(json.dumps({"seconds": seconds, "iterations": iters, "rel_error": error}))
+"""
+
+
+def planted(d: int, n: int, k: int, noise: float = 0.01, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    m = math.ceil(0.01 * d)
+    z = torch.zeros(d, k)
+    for j in range(k):
+        z[torch.randperm(d, generator=gen)[:m], j] = torch.randn(m, generator=gen)
+    y = torch.rand(k, n, generator=gen) * (torch.rand(k, n, generator=gen) < 0.1)
+    a = z @ y
+    return (a + noise * a.std() * torch.randn(d, n, generator=gen)).T.contiguous()
+
+
+def interp_row(name: str, data, k: int, max_iter: int, **config) -> dict:
+    from interp.decompose.snmf import SNMF, SNMFConfig
+
+    with tempfile.TemporaryDirectory() as ckpt:
+        snmf = SNMF(SNMFConfig(n_features=k, max_iter=max_iter, **config))
+        start = time.perf_counter()
+        snmf.fit(data, checkpoint_dir=ckpt if not isinstance(data, torch.Tensor) else None, progress=False)
+        seconds = time.perf_counter() - start
+    state = snmf.state
+    return {"name": name, "seconds": seconds, "iterations": state.iteration, "per_iter": seconds / state.iteration,
+            "rel_error": state.best_loss, "stop": state.stop_reason, "model": snmf}  # fmt: skip
+
+
+def peer_row(python: str, x: torch.Tensor, k: int, iterations: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.pt"
+        torch.save(x, path)
+        out = subprocess.run([python, "-c", PEER, str(path), str(iterations), str(k)], capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]  # fmt: skip
+    row = json.loads(out)
+    return {"name": "overcomplete SemiNMF (random init)", "per_iter": row["seconds"] / iterations, "stop": "max_iter",
+            **row}  # fmt: skip
+
+
+def store_from(x: torch.Tensor, path: Path, rows: int = 4096):
+    from interp.store import ActivationStore, StoreManifest
+
+    store = ActivationStore.create(
+        path, StoreManifest("bench", "0.mlp_hidden", x.shape[1], "float32", "x", 8, True)
+    )
+    for i, start in enumerate(range(0, x.shape[0], rows)):
+        ids = torch.arange(min(rows, x.shape[0] - start))
+        store.append(x[start : start + rows], ids, ids, ids, context_end=i + 1)
+    return store
+
+
+def table(title: str, rows: list[dict], peer: dict | None) -> None:
+    print(f"\n{title}")
+    print(
+        f"{'method':<52}{'s/iter':>9}{'iters':>7}{'total s':>9}{'rel err':>10}{'stop':>10}{'speed vs peer':>15}"
+    )
+    for row in rows:
+        ratio = f"{peer['per_iter'] / row['per_iter']:.2f}x" if peer else "-"
+        print(f"{row['name']:<52}{row['per_iter']:>9.4f}{row['iterations']:>7}{row['seconds']:>9.1f}"
+              f"{row['rel_error']:>10.4f}{row['stop']:>10}{ratio:>15}")  # fmt: skip
+
+
+def run(
+    x: torch.Tensor, k: int, max_iter: int, peer_python: str | None, title: str, out_of_core: bool
+) -> dict:
+    rows = [
+        interp_row("interp SNMF, paper settings (1% neurons, svd init)", x, k, max_iter),
+        interp_row(
+            "interp semi-NMF (sparsity 1.0, random init)",
+            x,
+            k,
+            max_iter,
+            sparsity=1.0,
+            init="random",
+            patience=max_iter,
+        ),  # fmt: skip
+    ]
+    peer = peer_row(peer_python, x, k, max_iter) if peer_python else None
+    if out_of_core:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(interp_row("interp SNMF, out of core (store, G memory-mapped)", store_from(x, Path(tmp) / "s"),
+                                   k, max_iter, stream=True))  # fmt: skip
+    table(title, rows + ([peer] if peer else []), peer)
+    if out_of_core:
+        print(
+            f"in-memory vs out-of-core time per iteration: {rows[2]['per_iter'] / rows[0]['per_iter']:.2f}x"
+        )
+    return rows[0]
+
+
+def top_tokens(store_path: Path, snmf, n_features: int = 10, top: int = 8) -> None:
+    """Top-activating tokens (largest codes of the fit) of the first features, with a little context."""
+    from interp.corpus import Contexts
+    from interp.models import load_model
+    from interp.store import ActivationStore
+
+    store = ActivationStore.open(store_path)
+    meta = store.tokens()
+    contexts = Contexts.load(store_path.parent / "contexts.safetensors")
+    tokenizer = load_model(store.manifest.model, device="cpu").tokenizer
+    codes = snmf.g_best.data
+    print(f"\nTop tokens of {n_features} SNMF features ({store.manifest.model}, {store.site}):")
+    for feature in range(n_features):
+        rows = codes[:, feature].topk(top).indices
+        shown = []
+        for row in rows.tolist():
+            ctx, pos = int(meta["context_ids"][row]), int(meta["positions"][row])
+            left = tokenizer.decode(contexts.token_ids[ctx, max(1, pos - 4) : pos]).replace("\n", " ")
+            token = tokenizer.decode(contexts.token_ids[ctx, pos : pos + 1]).replace("\n", "\\n")
+            shown.append(f"{left[-24:]}[{token}]")
+        print(f"  feature {feature:>3}: " + " | ".join(shown[:4]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--peer-python", default=None, help="python of a venv with overcomplete installed")
+    parser.add_argument("--store", type=Path, default=None, help="a store of real mlp_hidden activations")
+    parser.add_argument("--n-tokens", type=int, default=50_000, help="tokens of the store to use")
+    parser.add_argument("--max-iter", type=int, default=200)
+    parser.add_argument("--k", type=int, default=64)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch threads: {torch.get_num_threads()}")
+    run(planted(1024, 20_000, args.k), args.k, args.max_iter, args.peer_python,
+        "Planted data: d_mlp 1024, 20,000 tokens, k " + str(args.k), out_of_core=True)  # fmt: skip
+    if args.store is not None:
+        from interp.store import ActivationStore
+
+        x = ActivationStore.open(args.store).load_all()[: args.n_tokens]
+        best = run(x, args.k, args.max_iter, args.peer_python,
+                   f"Real activations: {args.store} ({x.shape[0]:,} tokens, d {x.shape[1]}), k {args.k}",
+                   out_of_core=False)  # fmt: skip
+        top_tokens(args.store, best["model"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
