@@ -463,8 +463,8 @@ def demo_cmd(
         site = next(name for name in stores if name.endswith("mlp_hidden"))
         store_path = out / site
         fits = {
-            "snmf": {"n_features": 64, "max_iter": 300, "device": device},
-            "topk": {"n_features": 4096, "k": 32, "n_steps": 300, "batch_size": 2048, "device": device},
+            "snmf": {"n_features": 64, "max_iter": 200, "device": device},
+            "topk": {"n_features": 4096, "k": 32, "n_steps": 200, "batch_size": 2048, "device": device},
         }
         folders = []
         for method, options in fits.items():

@@ -1,0 +1,233 @@
+"""SAE and MP-SAE training speed and held-out FVU: interp vs SAELens, eai-sparsify and overcomplete, same run.
+
+    python benchmarks/sae.py --saelens /tmp/venv-saelens/bin/python --sparsify /tmp/venv-sparsify/bin/python \
+        --overcomplete /tmp/venv-oc/bin/python [--store cache/activations/gemma-3-270m/bbc/9.resid_post]
+
+Each peer lives in its own virtual environment (their pins clash; `pip install torch==2.13.0 sae-lens`,
+`... eai-sparsify`, `... overcomplete 'matplotlib<3.9'`) and runs as a subprocess on the same data (a temporary
+file). Same architecture and settings for all: d_in 640, 4096 latents, k 32, batch 4096, the same number of AdamW
+steps and learning rate; activations are scaled to mean norm sqrt(d_in) once, here, for everyone. Rows/s exclude
+the first (warm-up) step. FVU is measured by this script on held-out rows from each method's reconstruction.
+overcomplete's package imports torchvision for its vision wrappers, which cannot load beside the CPU torch
+wheel: a stub module stands in for it (MpSAE does not use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+D_SAE, K, BATCH = 4096, 32, 4096
+
+
+def _timed_steps(step, n_steps: int) -> float:
+    step(0)  # warm-up
+    start = time.perf_counter()
+    for i in range(1, n_steps):
+        step(i)
+    return time.perf_counter() - start
+
+
+def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) -> None:
+    """Train one method on the train rows, write its held-out reconstruction and timing."""
+    data = torch.load(data_path, weights_only=True)
+    train, held = data["train"], data["held"]
+    torch.manual_seed(0)
+    batches = [train[(i * BATCH) % (train.shape[0] - BATCH) :][:BATCH] for i in range(n_steps)]
+
+    if name in ("interp_topk", "interp_mpsae"):
+        from interp.decompose.mp_sae import MPSAE, MPSAEConfig
+        from interp.decompose.sae import SAE, SAEConfig
+
+        common = {"n_features": D_SAE, "k": K, "batch_size": BATCH, "n_steps": n_steps, "lr": lr, "normalize": False,
+                  "warmup_steps": 1, "device": "cpu"}  # fmt: skip
+        model = (
+            SAE(SAEConfig(architecture="topk", **common))
+            if name == "interp_topk"
+            else MPSAE(MPSAEConfig(**common))
+        )
+        stacked = torch.cat(batches)  # the trainer shuffles; same rows as the peers see
+        start = time.perf_counter()
+        model.fit(stacked, progress=False)
+        seconds = time.perf_counter() - start
+        per_step = seconds / n_steps
+        seconds = per_step * (n_steps - 1)
+        recon = model.decode(model.encode(held))
+    elif name == "sparsify_topk":
+        from sparsify import SparseCoder, SparseCoderConfig
+
+        sae = SparseCoder(train.shape[1], SparseCoderConfig(num_latents=D_SAE, k=K))
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+
+        def step(i):
+            out = sae(batches[i])
+            out.fvu.backward()
+            sae.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad()
+            sae.set_decoder_norm_to_unit_norm()
+
+        seconds = _timed_steps(step, n_steps)
+        with torch.no_grad():
+            recon = sae(held).sae_out
+    elif name in ("saelens_topk", "saelens_mpsae"):
+        from sae_lens.saes.matching_pursuit_sae import (
+            MatchingPursuitTrainingSAE,
+            MatchingPursuitTrainingSAEConfig,
+        )
+        from sae_lens.saes.sae import TrainStepInput
+        from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+        if name == "saelens_topk":
+            sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=train.shape[1], d_sae=D_SAE, k=K))
+        else:
+            sae = MatchingPursuitTrainingSAE(MatchingPursuitTrainingSAEConfig(
+                d_in=train.shape[1], d_sae=D_SAE, max_iterations=K, residual_threshold=0.0,
+                stop_on_duplicate_support=False))  # fmt: skip
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+
+        def step(i):
+            out = sae.training_forward_pass(TrainStepInput(sae_in=batches[i], coefficients={}, dead_neuron_mask=None,
+                                                           n_training_steps=i, is_logging_step=False))  # fmt: skip
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+        seconds = _timed_steps(step, n_steps)
+        with torch.no_grad():
+            recon = sae.decode(sae.encode(held))
+    elif name == "overcomplete_mpsae":
+        import types
+
+        stub = types.ModuleType("torchvision")
+        stub.transforms = types.ModuleType("torchvision.transforms")
+        sys.modules.update({"torchvision": stub, "torchvision.transforms": stub.transforms})
+        from overcomplete.sae import MpSAE
+
+        sae = MpSAE(train.shape[1], D_SAE, k=K)
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+
+        def step(i):
+            _, _, x_hat = sae(batches[i])
+            (x_hat - batches[i]).square().sum(-1).mean().backward()
+            opt.step()
+            opt.zero_grad()
+
+        seconds = _timed_steps(step, n_steps)
+        with torch.no_grad():
+            recon = sae(held)[2]
+    elif name == "dense_topk":  # a plain dense TopK SAE in a few lines, for orientation
+        w_enc = (torch.randn(train.shape[1], D_SAE) / train.shape[1] ** 0.5).requires_grad_()
+        w_dec = w_enc.detach().T.clone().requires_grad_()
+        b_enc, b_dec = torch.zeros(D_SAE, requires_grad=True), train.mean(0).clone().requires_grad_()
+        opt = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=lr)
+
+        def forward(x):
+            pre = (x - b_dec) @ w_enc + b_enc
+            vals, idx = pre.topk(K, dim=1)
+            return torch.zeros_like(pre).scatter(1, idx, vals.relu()) @ w_dec + b_dec
+
+        def step(i):
+            (forward(batches[i]) - batches[i]).square().sum(-1).mean().backward()
+            opt.step()
+            opt.zero_grad()
+
+        seconds = _timed_steps(step, n_steps)
+        with torch.no_grad():
+            recon = forward(held)
+    else:
+        raise SystemExit(f"unknown worker {name}")
+    rows_per_s = (n_steps - 1) * BATCH / seconds
+    fvu = float((held - recon).square().sum() / (held - held.mean(0)).square().sum())
+    Path(out_path).write_text(json.dumps({"name": name, "rows_per_s": rows_per_s, "fvu": fvu}))
+
+
+def planted(n: int, d: int = 640, atoms: int = 4096, active: int = 32, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    dictionary = torch.nn.functional.normalize(torch.randn(atoms, d, generator=gen), dim=1)
+    idx = torch.rand(n, atoms, generator=gen).topk(active, dim=1).indices
+    codes = torch.zeros(n, atoms).scatter_(1, idx, torch.rand(n, active, generator=gen) + 0.5)
+    return codes @ dictionary
+
+
+def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps: int, lr: float) -> None:
+    x = x * (x.shape[1] ** 0.5 / x.norm(dim=1).mean())  # mean norm sqrt(d_in), for every method alike
+    held = x[-8192:]
+    train = x[:-8192]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = Path(tmp) / "data.pt"
+        torch.save({"train": train.contiguous(), "held": held.contiguous()}, data_path)
+        plan = [("interp_topk", sys.executable), ("sparsify_topk", pythons["sparsify"]),
+                ("saelens_topk", pythons["saelens"]), ("dense_topk", sys.executable),
+                ("interp_mpsae", sys.executable), ("saelens_mpsae", pythons["saelens"]),
+                ("overcomplete_mpsae", pythons["overcomplete"])]  # fmt: skip
+        for name, python in plan:
+            if python is None:
+                continue
+            out = Path(tmp) / f"{name}.json"
+            steps = (
+                max(3, n_steps // 4) if name == "overcomplete_mpsae" else n_steps
+            )  # overcomplete: ~45 s a step
+            proc = subprocess.run([python, __file__, "--worker", name, "--data", str(data_path), "--steps", str(steps),
+                                   "--lr", str(lr), "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+            if proc.returncode != 0:
+                print(
+                    f"{name} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}"
+                )
+                continue
+            row = json.loads(out.read_text())
+            row["steps"] = steps
+            results.append(row)
+    print(f"\n{title}: train {train.shape[0]:,} rows, held-out {held.shape[0]:,}; d_in {x.shape[1]}, {D_SAE} latents, "
+          f"k {K}, batch {BATCH}, lr {lr}")  # fmt: skip
+    print(f"{'method':<22}{'steps':>6}{'rows/s':>10}{'held-out FVU':>14}{'speed vs best peer':>20}")
+    for family in ("topk", "mpsae"):
+        rows = [r for r in results if r["name"].endswith(family)]
+        peers = [r for r in rows if not r["name"].startswith(("interp", "dense"))]
+        best_peer = max((r["rows_per_s"] for r in peers), default=None)
+        for r in rows:
+            ratio = f"{r['rows_per_s'] / best_peer:.2f}x" if best_peer else "-"
+            print(f"{r['name']:<22}{r['steps']:>6}{r['rows_per_s']:>10,.0f}{r['fvu']:>14.4f}{ratio:>20}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--saelens", default=None, help="python of a venv with sae-lens")
+    parser.add_argument("--sparsify", default=None, help="python of a venv with eai-sparsify")
+    parser.add_argument("--overcomplete", default=None, help="python of a venv with overcomplete")
+    parser.add_argument("--store", type=Path, default=None, help="a store of real activations (d_in 640)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        torch.set_num_threads(torch.get_num_threads())
+        worker(args.worker, args.data, args.steps, args.lr, args.out)
+        return
+    pythons = {"saelens": args.saelens, "sparsify": args.sparsify, "overcomplete": args.overcomplete}
+    print(f"torch threads: {torch.get_num_threads()}")
+    n_rows = args.steps * BATCH + 8192
+    run_all(planted(n_rows), "Planted dictionary (4096 unit atoms, 32 active)", pythons, args.steps, args.lr)
+    if args.store is not None:
+        from interp.store import ActivationStore
+
+        store = ActivationStore.open(args.store)
+        x = store.load_all()[:n_rows]
+        x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))]
+        run_all(x, f"Real activations {store.manifest.model} {store.site}", pythons, args.steps, args.lr)
+
+
+if __name__ == "__main__":
+    main()
