@@ -167,7 +167,7 @@ def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) ->
     ]
 
     def sample_and_judge(concept: str, direction: torch.Tensor | None, alpha: float) -> dict:
-        texts, sequences = steered_samples(
+        texts, sequences, mask = steered_samples(
             model,
             prompts,
             site,
@@ -179,9 +179,7 @@ def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) ->
             config.top_k,
             config.top_p,
         )
-        ppl = torch.cat(
-            [continuation_perplexity(model, seq, int(prompts.lengths[i])) for i, seq in enumerate(sequences)]
-        )
+        ppl = continuation_perplexity(model, sequences, sequences.shape[1] - config.max_new_tokens, mask)
         concept_score = classifier.scores(texts, concept)
         if embedder is not None:
             concept_score = (concept_score + embedder.scores(texts, concept)) / 2

@@ -251,21 +251,24 @@ def generate(
     backend: str = "torch",
     do_sample: bool = False,
     seed: int = 0,
+    attention_mask: torch.Tensor | None = None,
     **sampling: Any,
 ) -> torch.Tensor:
     """Token ids `[batch, prompt_len + max_new_tokens]` generated from `prompts [batch, prompt_len]` with `edit`.
 
-    Prompts of one batch share a length (left-pad them yourself with an attention mask if needed). Sampling
-    kwargs (top_k, top_p, temperature) go to Hugging Face `generate`; `seed` makes sampling reproducible.
+    Prompts of different lengths are left-padded with an `attention_mask` (0 on padding); "prompt" / "generated"
+    positions are then counted in the padded layout (all prompts end at column prompt_len). Sampling kwargs
+    (top_k, top_p, temperature) go to Hugging Face `generate`; `seed` makes sampling reproducible.
     """
     prompts = prompts.to(model.device)
     prompt_len = prompts.shape[1]
+    mask = torch.ones_like(prompts) if attention_mask is None else attention_mask.to(model.device)
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": model.pad_token_id,
               "eos_token_id": None, "min_new_tokens": max_new_tokens, **sampling}  # fmt: skip
     torch.manual_seed(seed)
     if edit is None:
         with torch.no_grad():
-            return model.hf.generate(prompts, attention_mask=torch.ones_like(prompts), **kwargs)
+            return model.hf.generate(prompts, attention_mask=mask, **kwargs)
     site = parse_site(str(site), model.info.n_layers) if not isinstance(site, Site) else site
     if backend == "nnsight":
         check_edit(edit, model, site)
@@ -273,7 +276,7 @@ def generate(
         envoy, which = _nnsight_envoy(model, site)
         with (
             torch.no_grad(),
-            lm.generate(prompts, attention_mask=torch.ones_like(prompts), **kwargs) as tracer,
+            lm.generate(prompts, attention_mask=mask, **kwargs) as tracer,
         ):
             for _ in tracer.iter[:max_new_tokens]:  # bounded, so the line after the loop runs
                 _nnsight_apply(envoy, which, tracker)
@@ -284,4 +287,4 @@ def generate(
             tl_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "verbose": False,
                          "stop_at_eos": False, **sampling}  # fmt: skip
             return model.transformer_lens().generate(prompts, **tl_kwargs)
-        return model.hf.generate(prompts, attention_mask=torch.ones_like(prompts), **kwargs)
+        return model.hf.generate(prompts, attention_mask=mask, **kwargs)

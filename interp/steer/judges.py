@@ -119,10 +119,17 @@ def distinct_bigrams(text: str) -> float:
     return len(set(pairs)) / len(pairs) if pairs else 1.0
 
 
-def continuation_perplexity(model: LoadedModel, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Perplexity of tokens after `prompt_len` in `sequences [n, T]` under the (unsteered) model, `[n]`."""
+def continuation_perplexity(
+    model: LoadedModel, sequences: torch.Tensor, prompt_len: int, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Perplexity of tokens after `prompt_len` in `sequences [n, T]` under the (unsteered) model, `[n]`.
+
+    Left padding is given by `attention_mask` (positions then count from each row's first real token)."""
+    mask = torch.ones_like(sequences) if attention_mask is None else attention_mask
+    position_ids = (mask.cumsum(1) - 1).clamp_min(0)
     with torch.no_grad():
-        logits = model.hf(input_ids=sequences.to(model.device), use_cache=False).logits.float()
+        logits = model.hf(input_ids=sequences.to(model.device), attention_mask=mask.to(model.device),
+                          position_ids=position_ids.to(model.device), use_cache=False).logits.float()  # fmt: skip
     logprobs = logits[:, prompt_len - 1 : -1].log_softmax(-1)
     targets = sequences[:, prompt_len:].to(logprobs.device)
     nll = -logprobs.gather(-1, targets[..., None])[..., 0].mean(dim=1)

@@ -21,6 +21,18 @@ class Prompts:
     texts: tuple[str, ...]
     tokens: torch.Tensor
     lengths: torch.Tensor
+    pad: int
+
+    def left_padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts left-padded for batched generation: tokens and attention mask `[n, max_len]`."""
+        width = self.tokens.shape[1]
+        positions = torch.arange(width)[None, :]
+        shift = width - self.lengths[:, None]
+        source = (positions - shift).clamp_min(0)
+        tokens = torch.where(
+            positions >= shift, self.tokens.gather(1, source), self.tokens[0, -1].new_tensor(self.pad)
+        )
+        return tokens, (positions >= shift).long()
 
     @classmethod
     def build(cls, model: LoadedModel, texts: tuple[str, ...]) -> Prompts:
@@ -30,7 +42,7 @@ class Prompts:
         tokens = torch.full((len(ids), max(map(len, ids))), model.pad_token_id, dtype=torch.long)
         for row, seq in enumerate(ids):
             tokens[row, : len(seq)] = torch.tensor(seq)
-        return cls(texts, tokens, torch.tensor([len(s) for s in ids]))
+        return cls(texts, tokens, torch.tensor([len(s) for s in ids]), model.pad_token_id)
 
 
 def next_token_logprobs(
@@ -115,18 +127,17 @@ def steered_samples(
     seed: int,
     top_k: int = 30,
     top_p: float = 0.3,
-) -> tuple[list[str], list[torch.Tensor]]:
-    """`n_samples` sampled continuations of each prompt, one generate batch per prompt.
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """`n_samples` sampled continuations of every prompt, in one batched (left-padded) generate call.
 
-    Returns the continuation texts `[n_prompts * n_samples]` and, per prompt, the full sequences
-    `[n_samples, prompt_len + max_new_tokens]` (for perplexity).
+    Returns the continuation texts `[n_prompts * n_samples]`, the full sequences `[n, padded_prompt_len +
+    max_new_tokens]` and their attention mask (for perplexity).
     """
-    texts, sequences = [], []
     edit = None if direction is None or alpha == 0 else AddDirection(direction, alpha)
-    for row in range(len(prompts.texts)):
-        prompt = prompts.tokens[row : row + 1, : int(prompts.lengths[row])].repeat(n_samples, 1)
-        out = generate(model, prompt, site, edit, max_new_tokens=max_new_tokens, do_sample=True, seed=seed + row,
-                       top_k=top_k, top_p=top_p)  # fmt: skip
-        sequences.append(out.cpu())
-        texts += model.tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
-    return texts, sequences
+    tokens, mask = prompts.left_padded()
+    tokens, mask = tokens.repeat_interleave(n_samples, 0), mask.repeat_interleave(n_samples, 0)
+    out = generate(model, tokens, site, edit, max_new_tokens=max_new_tokens, do_sample=True, seed=seed,
+                   attention_mask=mask, top_k=top_k, top_p=top_p).cpu()  # fmt: skip
+    texts = model.tokenizer.batch_decode(out[:, tokens.shape[1] :], skip_special_tokens=True)
+    full_mask = torch.cat([mask, torch.ones(out.shape[0], max_new_tokens, dtype=mask.dtype)], dim=1)
+    return texts, out, full_mask
