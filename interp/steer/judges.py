@@ -127,13 +127,21 @@ def continuation_perplexity(
     Left padding is given by `attention_mask` (positions then count from each row's first real token)."""
     mask = torch.ones_like(sequences) if attention_mask is None else attention_mask
     position_ids = (mask.cumsum(1) - 1).clamp_min(0)
-    with torch.no_grad():
-        logits = model.hf(input_ids=sequences.to(model.device), attention_mask=mask.to(model.device),
-                          position_ids=position_ids.to(model.device), use_cache=False).logits.float()  # fmt: skip
-    logprobs = logits[:, prompt_len - 1 : -1].log_softmax(-1)
-    targets = sequences[:, prompt_len:].to(logprobs.device)
-    nll = -logprobs.gather(-1, targets[..., None])[..., 0].mean(dim=1)
-    return nll.exp().cpu()
+    n_new = sequences.shape[1] - prompt_len
+    out = []
+    for start in range(
+        0, sequences.shape[0], 4
+    ):  # a few rows at a time: [rows, n_new, vocab] logits stay small
+        rows = slice(start, start + 4)
+        with torch.no_grad():
+            logits = model.hf(input_ids=sequences[rows].to(model.device), attention_mask=mask[rows].to(model.device),
+                              position_ids=position_ids[rows].to(model.device), logits_to_keep=n_new + 1,
+                              use_cache=False).logits.float()  # fmt: skip
+        logprobs = logits[:, :-1].log_softmax(-1)
+        targets = sequences[rows, prompt_len:].to(logprobs.device)
+        nll = -logprobs.gather(-1, targets[..., None])[..., 0].mean(dim=1)
+        out.append(nll.exp().cpu())
+    return torch.cat(out)
 
 
 def fluency_scores(perplexity: torch.Tensor, texts: list[str], reference_perplexity: float) -> torch.Tensor:

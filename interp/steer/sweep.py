@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import torch
 
 from interp.models import LoadedModel
 from interp.sites import Site
-from interp.steer.interventions import AddDirection, generate, steered_logits
+from interp.steer.interventions import AddDirection, generate, intervene
 
 NEUTRAL_PROMPTS = ("I think that", "The", "In my opinion,", "Here is what happened:")
 
@@ -48,10 +49,18 @@ class Prompts:
 def next_token_logprobs(
     model: LoadedModel, prompts: Prompts, site: Site, edit: AddDirection | None
 ) -> torch.Tensor:
-    """Log-probabilities of the next token after each prompt, `[n_prompts, vocab]` (padding is after, so unseen)."""
-    logits = steered_logits(model, prompts.tokens, site, edit)
-    last = logits[torch.arange(len(prompts.texts)), (prompts.lengths - 1).to(logits.device)]
-    return last.float().log_softmax(-1).cpu()
+    """Log-probabilities of the next token after each prompt, `[n_prompts, vocab]`.
+
+    Prompts are left-padded so the last column is every prompt's last token, and only that column is unembedded.
+    """
+    tokens, mask = prompts.left_padded()
+    position_ids = (mask.cumsum(1) - 1).clamp_min(0)
+    kwargs = {"attention_mask": mask.to(model.device), "position_ids": position_ids.to(model.device),
+              "logits_to_keep": 1, "use_cache": False}  # fmt: skip
+    context = intervene(model, site, edit) if edit is not None else contextlib.nullcontext()
+    with torch.no_grad(), context:
+        logits = model.hf(input_ids=tokens.to(model.device), **kwargs).logits[:, -1]
+    return logits.float().log_softmax(-1).cpu()
 
 
 def kl_divergence(clean: torch.Tensor, steered: torch.Tensor) -> float:
