@@ -77,3 +77,43 @@ def test_torchrun_cli(tmp_path):
     from interp.store import ActivationStore
 
     assert ActivationStore.open(tmp_path / "run" / "1.resid_post").n_tokens == 300
+
+
+def _snmf_rank(rank: int, world: int, init_file: str, store_path: str, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from safetensors.torch import save_file
+
+        from interp.decompose.snmf import SNMF, SNMFConfig
+        from interp.store import ActivationStore
+
+        snmf = SNMF(SNMFConfig(n_features=6, init=init, max_iter=25, stream=True)).fit(
+            ActivationStore.open(store_path), progress=False
+        )
+        save_file({"F": snmf.f.contiguous(), "losses": torch.tensor(snmf.state.losses)}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("init", ["svd", "random"])
+def test_distributed_snmf_equals_single_process(tmp_path, init):
+    from safetensors.torch import load_file
+
+    from interp.decompose.snmf import SNMF, SNMFConfig
+    from interp.store import ActivationStore, StoreManifest
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(1200, 6, generator=gen).relu() @ torch.randn(6, 64, generator=gen)).contiguous()
+    store = ActivationStore.create(
+        tmp_path / "s", StoreManifest("m", "0.mlp_hidden", 64, "float32", "x", 8, True)
+    )
+    for i in range(4):
+        ids = torch.arange(300)
+        store.append(x[i * 300 : (i + 1) * 300], ids, ids, ids, context_end=i + 1)
+    single = SNMF(SNMFConfig(n_features=6, init=init, max_iter=25, stream=True)).fit(store, progress=False)
+    mp.start_processes(_snmf_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "s"), init, str(tmp_path / "f")),
+                       nprocs=2, start_method="spawn")  # fmt: skip
+    for rank in range(2):
+        result = load_file(str(tmp_path / f"f.{rank}"))
+        assert torch.allclose(result["F"], single.f, atol=1e-4 * single.f.abs().max()), rank
+        assert torch.allclose(result["losses"], torch.tensor(single.state.losses), rtol=1e-4)

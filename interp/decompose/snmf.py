@@ -17,6 +17,8 @@ almost never fires on real activations; `stop_reason` says which rule stopped th
 All of it is one streaming pass over the tokens per iteration: a G update needs only its own tokens, and the next
 F update only the sums A G and G^T G, accumulated in the same pass. A tensor is streamed in chunks, an
 ActivationStore shard by shard (out of core: G is then a memory-mapped file), with the same arithmetic.
+Under torch.distributed each rank holds a block of the store's shards (its rows of G); the sums are all-reduced,
+so every rank computes the F of a single-process fit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from interp import distributed
 from interp.decompose.base import DecomposerError, check_activations, read_decomposer, save_decomposer
 from interp.device import resolve_device
 from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
@@ -98,13 +101,17 @@ class FitState:
 class _Data:
     """x = A^T `[n, d]` as chunks (row ranges), from a tensor or a store."""
 
-    def __init__(self, data: ActivationStore | torch.Tensor, chunk_tokens: int, device: torch.device):
+    def __init__(self, data: ActivationStore | torch.Tensor, chunk_tokens: int, device: torch.device,
+                 shards: range | None = None):  # fmt: skip
         self.device = device
+        self.offset = 0  # global index of this process's first token (set by a distributed fit)
+        self.shard_ids: list[int] = []
         if isinstance(data, ActivationStore):
             if data.n_tokens == 0:
                 raise DecomposerError(f"the store at {data.path} is empty; capture some tokens first")
             self.store, self.tensor = data, None
-            sizes = [s.n_tokens for s in data.manifest.shards]
+            self.shard_ids = list(shards if shards is not None else range(data.n_shards))
+            sizes = [data.manifest.shards[i].n_tokens for i in self.shard_ids]
             self.d = data.d
         else:
             check_activations(data)
@@ -118,7 +125,7 @@ class _Data:
     def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         for index, (start, end) in enumerate(self.ranges):
             if self.store is not None:
-                x = self.store.load_shard(index)["acts"].to(self.device, torch.float32)
+                x = self.store.load_shard(self.shard_ids[index])["acts"].to(self.device, torch.float32)
                 if not torch.isfinite(x).all():
                     raise DecomposerError(f"shard {index} of {self.store.path} holds NaN or inf")
             else:
@@ -262,13 +269,26 @@ class SNMF:
     ) -> SNMF:
         """Fit on activations `[n_tokens, d_mlp]` (a tensor, or a store streamed shard by shard)."""
         device = resolve_device(self.config.device)
-        if isinstance(data, ActivationStore) and not self._stream(data):
+        self._distributed = distributed.world_size() > 1
+        shards = None
+        if self._distributed:
+            if self.config.init == "kmeans":
+                raise DecomposerError(
+                    "k-means init is not available in a distributed fit; use --init svd or random"
+                )
+            if isinstance(data, ActivationStore):  # each rank fits a contiguous block of the store's shards
+                shards = range(*distributed.rank_range(data.n_shards))
+        elif isinstance(data, ActivationStore) and not self._stream(data):
             data = data.load_all() if data.n_tokens else data
-        stream = _Data(data, self.config.chunk_tokens, device)
+        stream = _Data(data, self.config.chunk_tokens, device, shards)
+        sizes = self._reduce(torch.zeros(distributed.world_size()).index_fill_(0, torch.tensor([distributed.rank()]),
+                                                                              float(stream.n)))  # fmt: skip
+        stream.offset = int(sizes[: distributed.rank()].sum())  # first global row of this rank's tokens
+        n_total = int(sizes.sum())
         k = self.n_features
-        if k > min(stream.n, stream.d):
+        if k > min(n_total, stream.d):
             raise DecomposerError(
-                f"n_features={k} is larger than min(n_tokens={stream.n}, d_in={stream.d}); use a smaller --k "
+                f"n_features={k} is larger than min(n_tokens={n_total}, d_in={stream.d}); use a smaller --k "
                 "or capture more tokens"
             )
         self.d_in = stream.d
@@ -280,10 +300,17 @@ class SNMF:
             import tempfile
 
             ckpt = Path(tempfile.mkdtemp(prefix="snmf-"))
-        self.f = self._fit_level(stream, k, ckpt, on_disk, progress, level=1)
+        if ckpt is not None and self._distributed:
+            ckpt = ckpt / f"rank_{distributed.rank():03d}"
+        self.f = self._fit_level(stream, k, ckpt, on_disk, progress and distributed.rank() == 0, level=1)
+        self._distributed = False  # the hierarchy factorizes F, which every rank holds whole
         if self.config.hierarchy:
             self._fit_hierarchy(progress)
         return self
+
+    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks in a distributed fit (the sums the F update and the loss need); else unchanged."""
+        return distributed.all_reduce_sum(tensor) if getattr(self, "_distributed", False) else tensor
 
     def _stream(self, store: ActivationStore) -> bool:
         if self.config.stream is not None:
@@ -313,7 +340,8 @@ class SNMF:
             if state.stop_reason == "max_iter" and state.iteration < cfg.max_iter:
                 state.stop_reason = ""  # asked for more iterations: continue
         if not resumed:
-            norm_a2 = sum(float(x.square().sum()) for _, _, x in stream.chunks())
+            norm_a2 = float(self._reduce(torch.tensor(sum(float(x.square().sum()) for _, _, x in stream.chunks()),
+                                                      dtype=torch.float64)))  # fmt: skip
             if norm_a2 == 0:
                 raise DecomposerError("the activations are all zero; nothing to factorize")
             ag, gtg = self._initialize(stream, g, k)
@@ -339,6 +367,9 @@ class SNMF:
                 ag += x.T @ g_chunk
                 gtg += g_chunk.T @ g_chunk
                 cross += float((p * g_chunk).sum())
+            self._reduce(ag)
+            self._reduce(gtg)
+            cross = float(self._reduce(torch.tensor(cross, dtype=torch.float64)))
             loss = (norm_a2 - 2 * cross + float((q * gtg).sum())) / norm_a2
             state.iteration += 1
             state.losses.append(loss)
@@ -373,6 +404,7 @@ class SNMF:
             gram = torch.zeros(d, d, device=device, dtype=torch.float64)
             for _, _, x in stream.chunks():
                 gram += (x.T @ x).double()
+            self._reduce(gram)
             eigvals, eigvecs = torch.linalg.eigh(gram)  # A A^T = U S^2 U^T
             top = eigvals.flip(0)[:k].clamp_min(1e-12).float()
             u = eigvecs.flip(1)[:, :k].float()
@@ -380,12 +412,15 @@ class SNMF:
             sums = torch.zeros(k, device=device)  # orient each singular pair so that its V has positive mass
             for _, _, x in stream.chunks():
                 sums += (x @ u).sum(0)
+            self._reduce(sums)
             u = u * torch.where(sums < 0, -1.0, 1.0)
         elif cfg.init == "kmeans":
             centroids = self._kmeans(stream, k, gen)
         for start, end, x in stream.chunks():
             if cfg.init == "random":
-                chunk = torch.rand(end - start, k, generator=gen).clamp_min(1e-6)
+                # seeded by the chunk's first global row: a distributed fit draws the same G as a single process
+                chunk_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stream.offset + start)
+                chunk = torch.rand(end - start, k, generator=chunk_gen).clamp_min(1e-6)
             elif cfg.init == "svd":
                 chunk = ((x @ u) * scale).clamp_min(1e-6).cpu()
             else:
@@ -397,7 +432,7 @@ class SNMF:
             g_chunk = g[start:end].to(device)
             ag += x.T @ g_chunk
             gtg += g_chunk.T @ g_chunk
-        return ag, gtg
+        return self._reduce(ag), self._reduce(gtg)
 
     def _kmeans(self, stream: _Data, k: int, gen: torch.Generator, iters: int = 20) -> torch.Tensor:
         """k-means centroids `[k, d]` of the tokens (Lloyd, seeded by k random tokens), streamed."""
