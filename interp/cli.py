@@ -1,4 +1,4 @@
-"""The `interp` command line: capture | fit | evaluate | steer-eval | models | summary | demo."""
+"""The `interp` command line: capture | fit | evaluate | index | browse | steer-eval | models | summary | demo."""
 
 from __future__ import annotations
 
@@ -489,6 +489,12 @@ def demo_cmd(
     except USER_ERRORS as e:
         _fail(e)
     typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; outputs in {out}")
+
+
+from interp.cli_browse import browse_cmd, index_cmd  # noqa: E402 (the commands live in their own module)
+
+app.command("index")(index_cmd)
+app.command("browse")(browse_cmd)
 
 
 def main() -> None:  # pragma: no cover

@@ -70,10 +70,10 @@ def context_batches(
 
 @dataclass
 class Examples:
-    """m examples per feature: sort keys, values, store rows (-1: none), windows of tokens and activations.
+    """m example slots per row (a feature, or a feature and band): key, value, store row (-1: empty), context id,
+    position `[r, m]`, and the window's tokens `[r, m, W]` (-1 outside the context) and activations (NaN there).
 
-    keys/values/rows/context_ids/positions `[k, m]`; tokens `[k, m, W]` (-1 outside the context);
-    acts `[k, m, W]` (NaN outside the context).
+    Slots are unordered; `absorb` keeps the m highest keys and reads windows only for candidates that get in.
     """
 
     keys: torch.Tensor
@@ -85,51 +85,54 @@ class Examples:
     acts: torch.Tensor
 
     @classmethod
-    def empty(cls, k: int, m: int, width: int, device: torch.device) -> Examples:
-        full = lambda fill, dtype, *shape: torch.full((k, m, *shape), fill, dtype=dtype, device=device)  # noqa: E731
+    def empty(cls, r: int, m: int, width: int, device: torch.device) -> Examples:
+        full = lambda fill, dtype, *shape: torch.full((r, m, *shape), fill, dtype=dtype, device=device)  # noqa: E731
         return cls(full(-math.inf, torch.float32), full(0.0, torch.float32), full(-1, torch.long),
                    full(-1, torch.long), full(-1, torch.long), full(-1, torch.long, width),
                    full(math.nan, torch.float32, width))  # fmt: skip
 
-    def merge(self, other: Examples) -> Examples:
-        """Keep the m of highest key among self's and other's, per feature."""
+    def absorb(self, batch: Batch, codes: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
+               features: torch.Tensor, window: int) -> None:  # fmt: skip
+        """Take candidates (keys, batch rows `[r, m]` of `features [r]`) whose key beats a slot's, in place."""
         m = self.keys.shape[1]
-        keys = torch.cat([self.keys, other.keys], dim=1)
-        best = keys.topk(m, dim=1).indices  # [k, m]
+        best = torch.cat([self.keys, keys], dim=1).topk(m, dim=1).indices  # [r, m] into (slots, candidates)
+        entering = best >= m
+        kept = torch.zeros(best.shape[0], m + 1, dtype=torch.bool, device=best.device)
+        kept.scatter_(1, best.masked_fill(entering, m), True)
+        free_slots = torch.argsort(kept[:, :m].int(), dim=1, stable=True)  # freed slots first
+        newcomers = torch.argsort((~entering).int(), dim=1, stable=True)  # entering candidates first
+        pairs = torch.arange(m, device=best.device)[None, :] < entering.sum(1, keepdim=True)
+        r, j = pairs.nonzero(as_tuple=True)
+        if r.numel() == 0:
+            return
+        slot, cand = free_slots[r, j], best[r, newcomers[r, j]] - m
+        found = gather_examples(batch, codes, keys[r, cand], rows[r, cand], window, features[r])
+        for name in self.__dataclass_fields__:
+            getattr(self, name)[r, slot] = getattr(found, name).to(getattr(self, name).dtype)
 
-        def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            both = torch.cat([a, b], dim=1)
-            index = best.view(*best.shape, *([1] * (both.ndim - 2))).expand(-1, -1, *both.shape[2:])
-            return both.gather(1, index)
 
-        return Examples(*(pick(getattr(self, f), getattr(other, f)) for f in self.__dataclass_fields__))
-
-
-def gather_examples(batch: Batch, codes: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
-                    window: int) -> Examples:  # fmt: skip
-    """Examples of batch-local `rows [k, m]` (keys `[k, m]`, -inf: none) with windows read from `codes [B, k]`."""
-    k, m = rows.shape
-    n = codes.shape[0]
+def gather_examples(batch: Batch, codes: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, window: int,
+                    features: torch.Tensor) -> Examples:  # fmt: skip
+    """Examples at batch-local `rows [...]` (keys `[...]`, -inf: none) of `features [...]`, with their windows
+    `[..., W]` read from `codes [B, k]`."""
+    n, k = codes.shape
     device = codes.device
     valid = torch.isfinite(keys)
     safe = rows.clamp(0, n - 1)
     ctx = batch.context_ids.to(device)
-    offsets = torch.arange(-window, window + 1, device=device)
-    win = safe[..., None] + offsets  # [k, m, W]
-    inside = (win >= 0) & (win < n)
+    win = safe[..., None] + torch.arange(-window, window + 1, device=device)  # [..., W]
     win_safe = win.clamp(0, n - 1)
-    inside &= (ctx[win_safe] == ctx[safe][..., None]) & valid[..., None]
-    feature = torch.arange(k, device=device)[:, None, None].expand_as(win_safe)
-    acts = codes[win_safe, feature].float().masked_fill(~inside, math.nan)
-    tokens = batch.token_ids.to(device)[win_safe].masked_fill(~inside, -1)
-    values = codes[safe, torch.arange(k, device=device)[:, None]].float()
+    inside = (win == win_safe) & (ctx.take(win_safe) == ctx.take(safe)[..., None]) & valid[..., None]
+    flat = codes.reshape(-1)
+    acts = flat.take(win_safe * k + features[..., None]).float().masked_fill(~inside, math.nan)
+    values = flat.take(safe * k + features).float()
     return Examples(
         keys=keys,
         values=values.masked_fill(~valid, 0.0),
         rows=(safe + batch.start).masked_fill(~valid, -1),
-        context_ids=ctx[safe].masked_fill(~valid, -1),
-        positions=batch.positions.to(device)[safe].masked_fill(~valid, -1),
-        tokens=tokens,
+        context_ids=ctx.take(safe).masked_fill(~valid, -1),
+        positions=batch.positions.to(device).take(safe).masked_fill(~valid, -1),
+        tokens=batch.token_ids.to(device).take(win_safe).masked_fill(~inside, -1),
         acts=acts,
     )
 
@@ -144,14 +147,6 @@ def top_rows(scores: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         keys = torch.cat([keys, keys.new_full((keys.shape[0], pad), -math.inf)], dim=1)
         rows = torch.cat([rows, rows.new_zeros((rows.shape[0], pad))], dim=1)
     return keys, rows
-
-
-def binned_counts(bins: torch.Tensor, keep: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """Counts `[k * n_bins]` of `bins [B, k]` (values in [0, n_bins)) where `keep [B, k]`, per feature."""
-    k = bins.shape[1]
-    flat = torch.arange(k, device=bins.device) * n_bins + bins
-    flat = flat.masked_fill(~keep, k * n_bins)  # an overflow bucket for what is not kept
-    return torch.bincount(flat.flatten(), minlength=k * n_bins + 1)[: k * n_bins]
 
 
 def log_bin(values: torch.Tensor) -> torch.Tensor:
@@ -171,12 +166,15 @@ class TopPass:
         self.top = Examples.empty(k, m, 2 * window + 1, device)
         self.log_hist = torch.zeros(k * LOG_BINS, dtype=torch.long, device=device)
         self.window, self.m, self.k = window, m, k
+        self.features = torch.arange(k, device=device)
         self.n_tokens, self.norm_sum = 0, 0.0
 
     def update(self, batch: Batch, x: torch.Tensor, codes: torch.Tensor) -> None:
         keys, rows = top_rows(codes, self.m)
-        self.top = self.top.merge(gather_examples(batch, codes, keys, rows, self.window))
-        self.log_hist += binned_counts(log_bin(codes.clamp_min(1e-30)), codes > 0, LOG_BINS)
+        self.top.absorb(batch, codes, keys, rows, self.features, self.window)
+        rows, features = (codes > 0).nonzero(as_tuple=True)
+        bins = log_bin(codes[rows, features])
+        self.log_hist += torch.bincount(features * LOG_BINS + bins, minlength=self.k * LOG_BINS)
         self.n_tokens += codes.shape[0]
         self.norm_sum += float(x.norm(dim=1).sum())
 
@@ -201,7 +199,11 @@ class TopPass:
 
 
 class BandPass:
-    """Pass 2: firing counts and sums, linear histogram in (threshold, max], `s` random samples per band."""
+    """Pass 2: firing counts and sums, linear histogram in (threshold, max], `s` random samples per band.
+
+    Works on the list of firing entries only: each gets a band and a random key, and one sort by (feature, band,
+    key) gives every (feature, band) group its `s` highest keys (a uniform sample without replacement).
+    """
 
     def __init__(self, threshold: torch.Tensor, max_value: torch.Tensor, edges: torch.Tensor, n_bins: int,
                  samples: int, window: int, seed: int):  # fmt: skip
@@ -209,31 +211,37 @@ class BandPass:
         self.threshold, self.max_value, self.edges = threshold, max_value, edges
         self.n_bands = edges.shape[1] - 1
         self.n_bins, self.samples, self.window, self.k = n_bins, samples, window, k
+        self.scale = n_bins / (max_value - threshold).clamp_min(1e-12)
         self.counts = torch.zeros(k, dtype=torch.long, device=device)
         self.sums = torch.zeros(k, dtype=torch.float64, device=device)
         self.hist = torch.zeros(k * n_bins, dtype=torch.long, device=device)
-        width = 2 * window + 1
-        self.bands = [Examples.empty(k, samples, width, device) for _ in range(self.n_bands)]
+        self.bands = Examples.empty(k * self.n_bands, samples, 2 * window + 1, device)  # row = feature, band
+        self.group_feature = torch.arange(k, device=device).repeat_interleave(self.n_bands)
         self.gen = torch.Generator(device=device).manual_seed(seed)
 
     def update(self, batch: Batch, codes: torch.Tensor) -> None:
-        fires = codes > self.threshold
-        self.counts += fires.sum(0)
-        self.sums += (codes * fires).sum(0, dtype=torch.float64)
-        scale = self.n_bins / (self.max_value - self.threshold).clamp_min(1e-12)
-        bins = ((codes - self.threshold) * scale).floor().clamp(0, self.n_bins - 1).long()
-        self.hist += binned_counts(bins, fires, self.n_bins)
-        # band of each code: how many inner edges it reaches (the top band includes the max)
-        band = (codes[..., None] >= self.edges[None, :, 1:-1]).sum(-1)  # [B, k]
-        keys = torch.rand(codes.shape, generator=self.gen, device=codes.device)
-        for b in range(self.n_bands):  # a loop over the few bands
-            scored = keys.masked_fill(~(fires & (band == b)), -math.inf)
-            top_keys, top_rows_b = top_rows(scored, self.samples)
-            self.bands[b] = self.bands[b].merge(
-                gather_examples(batch, codes, top_keys, top_rows_b, self.window)
-            )
+        rows, features = (codes > self.threshold).nonzero(as_tuple=True)  # firing entries
+        values = codes[rows, features]
+        if values.numel() == 0:
+            return
+        k, s, n_groups = self.k, self.samples, self.k * self.n_bands
+        self.counts += torch.bincount(features, minlength=k)
+        self.sums += torch.bincount(features, weights=values.double(), minlength=k)
+        bins = ((values - self.threshold[features]) * self.scale[features]).floor().clamp(0, self.n_bins - 1)
+        self.hist += torch.bincount(features * self.n_bins + bins.long(), minlength=k * self.n_bins)
+        band = (values[:, None] >= self.edges[features, 1:-1]).sum(1)  # the top band includes the max
+        group = features * self.n_bands + band
+        keys = torch.rand(values.shape, generator=self.gen, device=values.device, dtype=torch.float64)
+        order = torch.argsort(group.double() + keys)  # by group, then key, ascending
+        sizes = torch.bincount(group, minlength=n_groups)
+        last = sizes.cumsum(0)[:, None] - 1 - torch.arange(s, device=values.device)  # [groups, s]: top s keys
+        present = torch.arange(s, device=values.device)[None, :] < sizes[:, None]
+        picked = order[last.clamp_min(0)]
+        cand_keys = keys.float()[picked].masked_fill(~present, -math.inf)
+        self.bands.absorb(batch, codes, cand_keys, rows[picked], self.group_feature, self.window)
 
     def band_tensors(self) -> dict[str, torch.Tensor]:
-        """Band examples stacked `[k, n_bands, s(, W)]`."""
+        """Band examples `[k, n_bands, s(, W)]`."""
         fields = ("values", "rows", "context_ids", "positions", "tokens", "acts")
-        return {f: torch.stack([getattr(b, f) for b in self.bands], dim=1) for f in fields}
+        return {f: getattr(self.bands, f).view(self.k, self.n_bands, *getattr(self.bands, f).shape[1:])
+                for f in fields}  # fmt: skip

@@ -1,0 +1,582 @@
+"""The feature index: what the browser shows about every feature of a decomposer, computed once, read from disk.
+
+    index = build_index("cache/decomposers/bbc/9.mlp_hidden/topk-k4096")   # -> that folder's index/
+    feature = FeatureIndex.open(index_dir).feature(17)
+
+Two streaming passes over the store the decomposer was fitted on (`interp.features_stream`) give, per feature:
+the top-k activating tokens with per-token activations over a window of tokens around each; samples from
+activation quantile bands; firing density, mean and max; a histogram of firing activations. Then, from the
+directions: the logit lens (`interp.logit_lens`), the nearest features by cosine, and for `mlp_hidden` sites the
+neurons that make up each feature (for SNMF exactly its non-zero neuron weights); for SNMF the hierarchy.
+
+A feature fires on a token when its code is above `fire_threshold` times its max (0 by default: any positive code;
+1% for SNMF, whose non-negative codes are dense).
+
+Layout of an index folder (written under a temporary name and swapped in, so readers never see half an index):
+
+    index/manifest.json         # IndexManifest: format version, source run, settings, sizes, norm handling
+    index/features.parquet      # one row per feature: density, max, mean, top tokens and text (for search)
+    index/index.safetensors     # per-feature tensors, first dimension n_features (see TENSORS)
+    index/tokens.parquet        # id -> display text of every token id the index mentions
+    index/hierarchy.json        # optional: SNMF hierarchy {"levels": [...], "nodes": [...]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from interp import __version__
+from interp.device import resolve_device
+from interp.features_stream import BandPass, TopPass, context_batches
+from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
+
+INDEX_DIR = "index"
+INDEX_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TABLE = "features.parquet"
+TENSORS = "index.safetensors"
+TOKENS = "tokens.parquet"
+HIERARCHY = "hierarchy.json"
+FIRE_THRESHOLD = {"snmf": 0.01}  # default fire_threshold by method (others: 0)
+
+
+class FeatureIndexError(ValueError):
+    """An index cannot be built or read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    top_k: int = 20
+    """Top activating tokens kept per feature."""
+    window: int = 15
+    """Tokens shown on each side of an example (within its context)."""
+    band_quantiles: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99)
+    """Lower edges of the quantile bands of firing activations sampled for examples (the last band ends at max)."""
+    band_samples: int = 4
+    """Random examples per band."""
+    n_bins: int = 40
+    """Bins of the histogram of firing activations, from the firing threshold to the max."""
+    n_logit: int = 10
+    """Promoted and suppressed tokens kept per feature."""
+    n_similar: int = 10
+    """Nearest features (by direction cosine) kept per feature."""
+    n_neurons: int = 16
+    """Largest neuron weights kept per feature (mlp_hidden sites)."""
+    fire_threshold: float | None = None
+    """Firing = code above this fraction of the feature's max; None: the method's default (see FIRE_THRESHOLD)."""
+    batch_tokens: int = 4096
+    """Tokens per batch (whole contexts), reduced so a batch holds at most max_batch_codes codes."""
+    max_batch_codes: int = 1 << 23
+    max_tokens: int | None = None
+    """Index only the first tokens of the store (whole contexts); None: all."""
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        q = self.band_quantiles
+        if not q or q[0] != 0.0 or any(b <= a for a, b in zip(q, q[1:], strict=False)) or q[-1] >= 1:
+            raise FeatureIndexError(f"band_quantiles must start at 0.0, increase, and stay below 1; got {q}")
+        if self.top_k < 1 or self.window < 0 or self.band_samples < 1 or self.n_bins < 1:
+            raise FeatureIndexError("top_k, band_samples and n_bins must be >= 1 and window >= 0")
+
+
+@dataclass
+class IndexManifest:
+    method: str
+    n_features: int
+    d_in: int
+    model: str
+    site: str
+    decomposer: str  # folder of the decomposer ("" when built from an object)
+    store: str
+    contexts: str  # contexts.safetensors of the run ("" when absent)
+    n_tokens: int  # tokens indexed
+    fire_threshold: float
+    mean_input_norm: float  # mean L2 norm of the site's activations (the unit of steering strengths)
+    logit_lens: str  # how norms are handled ("" when there is no logit lens)
+    has_neurons: bool
+    has_hierarchy: bool
+    config: dict
+    seconds: float = 0.0
+    created: str = ""
+    interp_version: str = __version__
+    format_version: int = INDEX_FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- directions
+def nearest_features(
+    directions: torch.Tensor, n: int, block: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `n` features of highest cosine with each (itself excluded): (ids `[k, n]`, cosines `[k, n]`)."""
+    return match_features(directions, directions, n, block, exclude_self=True)
+
+
+def match_features(a: torch.Tensor, b: torch.Tensor, n: int, block: int = 2048,
+                   exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """For each row of `a [ka, d]`, the `n` rows of `b [kb, d]` of highest cosine: (ids `[ka, n]`, cosines)."""
+    a = torch.nn.functional.normalize(a.float(), dim=1)
+    b = torch.nn.functional.normalize(b.float(), dim=1)
+    n = min(n, b.shape[0] - int(exclude_self))
+    ids, cos = [], []
+    for start in range(0, a.shape[0], block):  # a loop over blocks of features
+        sims = a[start : start + block] @ b.T
+        if exclude_self:
+            rows = torch.arange(sims.shape[0], device=sims.device)
+            sims[rows, rows + start] = -float("inf")
+        top = sims.topk(max(n, 0), dim=1)
+        ids.append(top.indices)
+        cos.append(top.values)
+    return torch.cat(ids), torch.cat(cos)
+
+
+def top_neurons(directions: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """Largest-|weight| neurons of each direction `[k, d_in]`: ids, weights `[k, n]`, and non-zero counts `[k]`."""
+    n = min(n, directions.shape[1])
+    top = directions.abs().topk(n, dim=1)
+    return {
+        "neuron_ids": top.indices,
+        "neuron_weights": directions.gather(1, top.indices),
+        "neuron_nonzero": (directions != 0).sum(1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- building
+def _method_of(decomposer: Any, folder: Path | None) -> str:
+    if folder is not None and (folder / "config.json").exists():
+        return json.loads((folder / "config.json").read_text()).get("method", "")
+    return str(getattr(decomposer, "method", type(decomposer).__name__.lower()))
+
+
+def _hierarchy_of(decomposer: Any, folder: Path | None, given: dict | str | Path | None) -> dict | None:
+    """The SNMF hierarchy tree: given (dict or JSON file), the folder's hierarchy.json, or the decomposer's."""
+    if given is not None:
+        tree = given if isinstance(given, dict) else json.loads(Path(given).read_text())
+    elif folder is not None and (folder / HIERARCHY).exists():
+        tree = json.loads((folder / HIERARCHY).read_text())
+    elif getattr(decomposer, "levels", None) and hasattr(decomposer, "hierarchy_tree"):
+        tree = decomposer.hierarchy_tree()
+    else:
+        return None
+    if not isinstance(tree, dict) or "nodes" not in tree or "levels" not in tree:
+        raise FeatureIndexError('a hierarchy must be JSON {"levels": [...], "nodes": [{"id", "level", ...}]}')
+    return tree
+
+
+def _source_of(folder: Path | None, store: str | Path | None) -> Path:
+    if store is not None:
+        return Path(store)
+    source = folder / "source.json" if folder is not None else None
+    if source is None or not source.exists():
+        raise FeatureIndexError(
+            f"the decomposer at {folder} has no source.json naming its store; pass the store (--store)"
+        )
+    return Path(json.loads(source.read_text())["store"])
+
+
+def build_index(
+    decomposer: Any,
+    store: str | Path | ActivationStore | None = None,
+    out: str | Path | None = None,
+    config: IndexConfig = IndexConfig(),
+    model: Any = None,
+    hierarchy: dict | str | Path | None = None,
+    progress: bool = True,
+) -> FeatureIndex:
+    """Index the features of `decomposer` (a folder or a decomposer object) over `store` into `out`.
+
+    `store` defaults to the one in the decomposer's source.json; `out` to `<decomposer folder>/index`; `model` (a
+    LoadedModel or a name, default the store's model) gives the tokenizer and the logit lens.
+    """
+    from interp.decompose import load_decomposer
+    from interp.models import LoadedModel, load_model
+
+    started = time.perf_counter()
+    folder = Path(decomposer) if isinstance(decomposer, str | Path) else None
+    if folder is not None:
+        decomposer = load_decomposer(folder)
+    if not isinstance(store, ActivationStore):
+        store = ActivationStore.open(_source_of(folder, store))
+    if out is None:
+        if folder is None:
+            raise FeatureIndexError(
+                "pass `out` when indexing a decomposer object (no folder to put index/ in)"
+            )
+        out = folder / INDEX_DIR
+    out = Path(out)
+    if store.n_tokens == 0:
+        raise FeatureIndexError(
+            f"the store at {store.path} is empty (0 tokens); capture a corpus with text first"
+        )
+    if decomposer.d_in != store.d:
+        raise FeatureIndexError(
+            f"the decomposer has d_in={decomposer.d_in} but the store {store.path} (site {store.site}) has "
+            f"d={store.d}; index it on the store it was fitted on"
+        )
+    if not isinstance(model, LoadedModel):
+        model = load_model(model or store.manifest.model, device=config.device)
+    method = _method_of(decomposer, folder)
+    device = resolve_device(config.device)
+    directions = decomposer.directions.detach().float()
+    k = directions.shape[0]
+    rel = config.fire_threshold if config.fire_threshold is not None else FIRE_THRESHOLD.get(method, 0.0)
+    batch_tokens = max(store.manifest.context_len, min(config.batch_tokens, config.max_batch_codes // k))
+    total = min(store.n_tokens, config.max_tokens or store.n_tokens)
+
+    def batches(desc: str):
+        bar = tqdm(total=total, desc=desc, unit="tok", disable=not progress, leave=False)
+        for batch in context_batches(store, batch_tokens, config.max_tokens):
+            x = batch.acts.to(device, torch.float32)
+            codes = decomposer.encode(x).detach().float().to(device)
+            yield batch, x, codes
+            bar.update(x.shape[0])
+        bar.close()
+
+    with torch.no_grad():
+        first = TopPass(k, config.top_k, config.window, device)
+        for batch, x, codes in batches("index: top examples"):
+            first.update(batch, x, codes)
+        max_value = first.top.values.max(dim=1).values.clamp_min(0)
+        threshold = rel * max_value
+        edges = first.quantile_edges(threshold, max_value, config.band_quantiles)
+        second = BandPass(threshold, max_value, edges, config.n_bins, config.band_samples, config.window,
+                          config.seed)  # fmt: skip
+        for batch, _, codes in batches("index: bands, histogram"):
+            second.update(batch, codes)
+
+    tensors = _example_tensors(first, second, threshold)
+    tensors |= {
+        "max": max_value, "threshold": threshold, "density": second.counts.double() / first.n_tokens,
+        "count": second.counts, "mean": (second.sums / second.counts.clamp_min(1)).float(),
+        "hist": second.hist.view(k, config.n_bins), "band_edges": edges,
+    }  # fmt: skip
+    ids, cos = nearest_features(directions.to(device), config.n_similar)
+    tensors |= {"similar_ids": ids, "similar_cos": cos}
+    lens_note = ""
+    if model is not None:
+        from interp.logit_lens import NORM_NOTE, logit_lens
+
+        lens = logit_lens(model, store.site, directions, top=config.n_logit)
+        tensors |= {f"logit_{name}": value for name, value in dataclasses.asdict(lens).items()}
+        lens_note = NORM_NOTE
+    has_neurons = store.site.endswith("mlp_hidden")
+    if has_neurons:
+        tensors |= top_neurons(directions, config.n_neurons)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+
+    tree = _hierarchy_of(decomposer, folder, hierarchy)
+    manifest = IndexManifest(
+        method=method, n_features=k, d_in=store.d, model=store.manifest.model, site=store.site,
+        decomposer=str(folder.resolve()) if folder is not None else "", store=str(store.path.resolve()),
+        contexts=str((store.path.parent / "contexts.safetensors").resolve())
+        if (store.path.parent / "contexts.safetensors").exists() else "",
+        n_tokens=first.n_tokens, fire_threshold=rel, mean_input_norm=first.norm_sum / max(first.n_tokens, 1),
+        logit_lens=lens_note, has_neurons=has_neurons, has_hierarchy=tree is not None,
+        config=dataclasses.asdict(config), seconds=time.perf_counter() - started,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )  # fmt: skip
+    _write(out, manifest, tensors, model.tokenizer, tree)
+    return FeatureIndex.open(out)
+
+
+def _example_tensors(first: TopPass, second: BandPass, threshold: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Top and band examples as flat tensors; top examples at or below the firing threshold are dropped."""
+    top = first.top
+    keep = (top.rows >= 0) & (top.values > threshold[:, None])
+    out = {
+        "top_values": top.values.masked_fill(~keep, 0.0),
+        "top_rows": top.rows.masked_fill(~keep, -1),
+        "top_context": top.context_ids.masked_fill(~keep, -1),
+        "top_position": top.positions.masked_fill(~keep, -1),
+        "top_tokens": top.tokens.masked_fill(~keep[..., None], -1).int(),
+        "top_acts": top.acts.masked_fill(~keep[..., None], float("nan")),
+    }
+    bands = second.band_tensors()
+    names = {"values": "band_values", "rows": "band_rows", "context_ids": "band_context",
+             "positions": "band_position", "tokens": "band_tokens", "acts": "band_acts"}  # fmt: skip
+    out |= {names[key]: value for key, value in bands.items()}
+    out["band_tokens"] = out["band_tokens"].int()
+    return out
+
+
+def _token_table(tokenizer: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """id -> display text of every token id the index mentions."""
+    import pandas as pd
+
+    used = [tensors[n].flatten() for n in ("top_tokens", "band_tokens", "logit_promoted_ids",
+                                           "logit_suppressed_ids") if n in tensors]  # fmt: skip
+    ids = torch.unique(torch.cat(used))
+    ids = ids[ids >= 0].tolist()
+    return pd.DataFrame({"id": ids, "text": tokenizer.batch_decode([[i] for i in ids])})
+
+
+def visible(token: str) -> str:
+    """A token's text with whitespace made visible (newline as ⏎, a blank token as ␣)."""
+    token = token.replace("\n", "⏎")
+    return token if token.strip() else token.replace(" ", "␣").replace("\t", "⇥") or "∅"
+
+
+def _feature_table(tensors: dict[str, torch.Tensor], vocab: dict[int, str]) -> Any:
+    """One row per feature: numbers for sorting, top tokens / text / promoted tokens for search."""
+    import pandas as pd
+
+    def text(ids: list[int]) -> str:
+        return "".join(vocab.get(i, "") for i in ids if i >= 0)
+
+    k = tensors["max"].shape[0]
+    peak = tensors["top_tokens"][:, :, tensors["top_tokens"].shape[2] // 2].tolist()  # [k, m] peak tokens
+
+    def distinct(row: list[int]) -> str:
+        return " · ".join(list(dict.fromkeys(visible(vocab.get(i, "")) for i in row if i >= 0))[:6])
+
+    top_tokens = [distinct(row) for row in peak]
+    first_window = tensors["top_tokens"][:, 0].tolist()
+    promoted = tensors.get("logit_promoted_ids")
+    table = pd.DataFrame({
+        "feature": range(k),
+        "density": tensors["density"].numpy(),
+        "max_activation": tensors["max"].numpy(),
+        "mean_activation": tensors["mean"].numpy(),
+        "count": tensors["count"].numpy(),
+        "top_tokens": top_tokens,
+        "top_text": [text(row) for row in first_window],
+        "promoted": [" · ".join(vocab.get(i, "") for i in row[:5]) for row in promoted.tolist()]
+        if promoted is not None else [""] * k,
+    })  # fmt: skip
+    return table
+
+
+def _write(out: Path, manifest: IndexManifest, tensors: dict[str, torch.Tensor], tokenizer: Any,
+           tree: dict | None) -> None:  # fmt: skip
+    """Write the index into a temporary folder, then swap it in for `out`."""
+    tokens = _token_table(tokenizer, tensors)
+    vocab = dict(zip(tokens["id"].tolist(), tokens["text"].tolist(), strict=True))
+    table = _feature_table(tensors, vocab)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    atomic_save_safetensors(tensors, tmp / TENSORS)
+    table.to_parquet(tmp / TABLE, index=False)
+    tokens.to_parquet(tmp / TOKENS, index=False)
+    if tree is not None:
+        atomic_write_json(tmp / HIERARCHY, tree)
+    atomic_write_json(tmp / MANIFEST, dataclasses.asdict(manifest))
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+@dataclass
+class Example:
+    """One example: the activation at its token, where it is, and its window of tokens with activations."""
+
+    value: float
+    row: int  # row in the store
+    context: int  # context id in the run's contexts.safetensors
+    position: int  # position in that context
+    token_ids: list[int]
+    texts: list[str]
+    acts: list[float | None]  # None outside the context
+    peak: int  # index in the window of the example's own token
+
+
+@dataclass
+class Feature:
+    """Everything the index holds about one feature."""
+
+    id: int
+    density: float
+    max: float
+    mean: float
+    count: int
+    threshold: float
+    top: list[Example]
+    bands: list[tuple[float, float, list[Example]]]  # (low, high, examples) per quantile band
+    hist_edges: list[float]
+    hist_counts: list[int]
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+    similar: list[tuple[int, float]]
+    neurons: list[tuple[int, float]]
+    n_neurons_nonzero: int | None
+    hierarchy: dict | None  # this feature's node: parents and children with weights
+
+
+class FeatureIndex:
+    """A feature index on disk; per-feature reads are slices of a memory-mapped safetensors file."""
+
+    def __init__(self, path: Path, manifest: IndexManifest, table: Any, vocab: dict[int, str],
+                 hierarchy: dict | None):  # fmt: skip
+        from safetensors import safe_open
+
+        self.path, self.manifest, self.table, self.vocab = path, manifest, table, vocab
+        self.hierarchy = hierarchy
+        self.nodes = {node["id"]: node for node in hierarchy["nodes"]} if hierarchy else {}
+        self._file = safe_open(str(path / TENSORS), framework="pt")
+        self._names = set(self._file.keys())
+
+    @classmethod
+    def open(cls, path: str | Path) -> FeatureIndex:
+        """Open an index folder (or a decomposer folder holding `index/`)."""
+        import pandas as pd
+
+        path = Path(path)
+        if not (path / MANIFEST).exists() and (path / INDEX_DIR / MANIFEST).exists():
+            path = path / INDEX_DIR
+        if not (path / MANIFEST).exists():
+            raise FeatureIndexError(
+                f"no feature index at {path} (no {MANIFEST}); build one with `interp index DECOMPOSER_FOLDER`"
+            )
+        try:
+            data = json.loads((path / MANIFEST).read_text())
+        except json.JSONDecodeError as e:
+            raise FeatureIndexError(
+                f"corrupt index manifest {path / MANIFEST} ({e}); rebuild the index"
+            ) from e
+        version = data.get("format_version")
+        if version != INDEX_FORMAT_VERSION:
+            raise FeatureIndexError(
+                f"the index at {path} has format version {version}, but this interp ({__version__}) reads "
+                f"version {INDEX_FORMAT_VERSION}; rebuild it with `interp index {data.get('decomposer') or 'FOLDER'}`"
+            )
+        fields = {f.name for f in dataclasses.fields(IndexManifest)}
+        try:
+            manifest = IndexManifest(**{k: v for k, v in data.items() if k in fields})
+        except TypeError as e:
+            raise FeatureIndexError(
+                f"incomplete index manifest {path / MANIFEST} ({e}); rebuild the index"
+            ) from e
+        missing = [name for name in (TABLE, TENSORS, TOKENS) if not (path / name).exists()]
+        if missing:
+            raise FeatureIndexError(f"the index at {path} lacks {', '.join(missing)}; rebuild the index")
+        tokens = pd.read_parquet(path / TOKENS)
+        vocab = dict(zip(tokens["id"].tolist(), tokens["text"].tolist(), strict=True))
+        tree = json.loads((path / HIERARCHY).read_text()) if (path / HIERARCHY).exists() else None
+        return cls(path, manifest, pd.read_parquet(path / TABLE), vocab, tree)
+
+    @property
+    def n_features(self) -> int:
+        return self.manifest.n_features
+
+    def _row(self, name: str, feature: int) -> torch.Tensor:
+        return self._file.get_slice(name)[feature]
+
+    def _examples(self, prefix: str, feature: int) -> list[Example] | list[list[Example]]:
+        """Examples of one feature: a list (`top`) or a list per band (`band`)."""
+        get = {f: self._row(f"{prefix}_{f}", feature) for f in ("values", "rows", "context", "position",
+                                                                 "tokens", "acts")}  # fmt: skip
+        if get["values"].ndim == 2:  # bands: [n_bands, s]
+            return [self._make(get, band) for band in range(get["values"].shape[0])]
+        return self._make(get, None)
+
+    def _make(self, get: dict[str, torch.Tensor], band: int | None) -> list[Example]:
+        pick = {name: (t if band is None else t[band]) for name, t in get.items()}
+        keep = (pick["rows"] >= 0).nonzero()[:, 0].tolist()
+        order = sorted(keep, key=lambda j: -float(pick["values"][j]))
+        width = pick["tokens"].shape[1]
+        out = []
+        for j in order:  # the few examples of one feature
+            ids = pick["tokens"][j].tolist()
+            acts = [None if a != a else a for a in pick["acts"][j].tolist()]
+            out.append(Example(float(pick["values"][j]), int(pick["rows"][j]), int(pick["context"][j]),
+                               int(pick["position"][j]), ids, [self.vocab.get(i, "") for i in ids], acts,
+                               width // 2))  # fmt: skip
+        return out
+
+    def check_feature(self, feature: int) -> int:
+        if not 0 <= int(feature) < self.n_features:
+            raise FeatureIndexError(
+                f"feature {feature} is out of range: this index has features 0..{self.n_features - 1}"
+            )
+        return int(feature)
+
+    def feature(self, feature: int) -> Feature:
+        """Everything about one feature, read from disk."""
+        f = self.check_feature(feature)
+        edges = self._row("band_edges", f).tolist()
+        bands = [(edges[b], edges[b + 1], ex) for b, ex in enumerate(self._examples("band", f))]
+        peak, threshold = float(self._row("max", f)), float(self._row("threshold", f))
+        n_bins = self._file.get_slice("hist").get_shape()[1]
+        step = (peak - threshold) / n_bins
+        lens = {}
+        for side in ("promoted", "suppressed"):
+            if f"logit_{side}_ids" in self._names:
+                ids, values = self._row(f"logit_{side}_ids", f).tolist(), self._row(f"logit_{side}_values", f)
+                lens[side] = [(self.vocab.get(i, str(i)), float(v)) for i, v in zip(ids, values, strict=True)]
+        neurons, nonzero = [], None
+        if "neuron_ids" in self._names:
+            ids, weights = self._row("neuron_ids", f).tolist(), self._row("neuron_weights", f).tolist()
+            neurons = [(i, w) for i, w in zip(ids, weights, strict=True) if w != 0]
+            nonzero = int(self._row("neuron_nonzero", f))
+        similar = list(
+            zip(self._row("similar_ids", f).tolist(), self._row("similar_cos", f).tolist(), strict=True)
+        )
+        return Feature(
+            id=f, density=float(self._row("density", f)), max=peak, mean=float(self._row("mean", f)),
+            count=int(self._row("count", f)), threshold=threshold, top=self._examples("top", f), bands=bands,
+            hist_edges=[threshold + step * i for i in range(n_bins + 1)],
+            hist_counts=self._row("hist", f).tolist(), promoted=lens.get("promoted", []),
+            suppressed=lens.get("suppressed", []), similar=similar, neurons=neurons,
+            n_neurons_nonzero=nonzero, hierarchy=self.nodes.get(f"L1:{f}"),
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+def find_indexes(root: str | Path) -> list[dict[str, Any]]:
+    """Every index folder under `root`: {"path", "model", "site", "method", "n_features", "decomposer", "error"}.
+
+    An index that cannot be read (e.g. an older format) is listed with its error, so the browser can say so.
+    """
+    rows = []
+    for manifest in sorted(Path(root).rglob(f"{INDEX_DIR}/{MANIFEST}")):
+        row: dict[str, Any] = {"path": str(manifest.parent), "error": ""}
+        try:
+            data = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, OSError) as e:
+            data = {}
+            row["error"] = f"unreadable manifest: {e}"
+        for key in ("model", "site", "method", "n_features", "decomposer", "format_version"):
+            row[key] = data.get(key, "?")
+        if not row["error"] and data.get("format_version") != INDEX_FORMAT_VERSION:
+            row["error"] = (
+                f"format version {data.get('format_version')} (this interp reads {INDEX_FORMAT_VERSION}): rebuild "
+                f"it with `interp index {data.get('decomposer') or manifest.parent.parent}`"
+            )
+        row["name"] = (
+            Path(row["decomposer"]).name
+            if row["decomposer"] not in ("", "?")
+            else manifest.parent.parent.name
+        )
+        rows.append(row)
+    return rows
+
+
+def find_unindexed(root: str | Path) -> list[Path]:
+    """Decomposer folders under `root` (config.json with a method, model.safetensors) that have no index yet."""
+    out = []
+    for config in sorted(Path(root).rglob("config.json")):
+        folder = config.parent
+        if "checkpoint" in folder.parts or not (folder / "model.safetensors").exists():
+            continue
+        if (folder / INDEX_DIR / MANIFEST).exists():
+            continue
+        try:
+            if "method" in json.loads(config.read_text()):
+                out.append(folder)
+        except (json.JSONDecodeError, OSError):
+            continue
+    return out
