@@ -79,6 +79,14 @@ def test_winner_take_all_keeps_exactly_m_per_feature(fitted):
     assert ((fitted.f != 0).sum(dim=0) == math.ceil(0.01 * 512)).all()
 
 
+def test_winner_take_all_breaks_ties_to_exactly_m():
+    """Equal magnitudes at the threshold: still exactly m kept, each with the threshold magnitude."""
+    f = torch.tensor([[3.0, 1.0], [-2.0, -1.0], [2.0, 1.0], [2.0, -1.0], [0.5, 1.0]])
+    idx, vals = winner_take_all(f, 2)
+    assert idx.shape == (2, 2) and len(set(idx[0].tolist())) == 2 and len(set(idx[1].tolist())) == 2
+    assert idx[0, 0] == 0 and vals[0, 1].abs() == 2.0 and (vals[1].abs() == 1.0).all()
+
+
 def test_codes_nonnegative_and_best_iterate_returned(data, fitted):
     x, _ = data
     assert (fitted.g_best.data >= 0).all()

@@ -167,7 +167,10 @@ class _GMatrix:
 
 # ------------------------------------------------------------------------------------------- the algorithm
 def winner_take_all(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the m entries of largest |f| in each column of `f [d, k]`: returns (indices [k, m], values [k, m])."""
+    """Keep the m entries of largest |f| in each column of `f [d, k]`: returns (indices [k, m], values [k, m]).
+
+    Ties at the threshold are not all kept: exactly m entries survive per column (torch.topk chooses among equal
+    magnitudes), so every feature has the same neuron budget and (indices, values) keep a fixed shape."""
     idx = f.abs().topk(m, dim=0).indices.T  # [k, m]
     return idx, f.T.gather(1, idx)
 
