@@ -57,8 +57,61 @@ def rank_range(n: int, rank_: int | None = None, world: int | None = None) -> tu
     return begin, begin + base + (1 if rank_ < extra else 0)
 
 
+def requested_by_env() -> bool:
+    """True under a launcher (torchrun) that started more than one process: WORLD_SIZE > 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce `tensor` over ranks in place, op 'sum' | 'max' | 'min' (a no-op in a single process); returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=_OPS[op])
+    return tensor
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over ranks in place (a no-op in a single process); returns it."""
+    return all_reduce(tensor, "sum")
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (the same shape on each) concatenated along dim 0 in rank order; itself alone in a
+    single process."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite `tensor` with rank `src`'s in place (a no-op in a single process); returns it."""
     if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.broadcast(tensor, src)
     return tensor
+
+
+# ------------------------------------------------------------------ statistics of a batch split over ranks
+# A data-parallel step sees one global batch whose rows are spread over the ranks. These give, on every rank, what
+# a single process holding the whole batch would compute (same formula, so float-equal), without gradient.
+@torch.no_grad()
+def batch_variance(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the global batch of ||x - mean(x)||^2, `x [n_local, d]`; a scalar tensor."""
+    if not is_distributed():
+        return (x - x.mean(0)).square().sum(-1).mean()
+    sums = all_reduce_sum(torch.cat([x.sum(0), x.new_tensor([x.shape[0]])]))
+    n = sums[-1]
+    spread = all_reduce_sum((x - sums[:-1] / n).square().sum().reshape(1))
+    return spread[0] / n
+
+
+@torch.no_grad()
+def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest entry of `values [m]` taken together with every rank's (each rank passes the same m)."""
+    local = values.topk(min(k, values.numel()), sorted=False).values
+    if not is_distributed():
+        return local.min()
+    return all_gather_cat(local).topk(k, sorted=False).values.min()

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from interp import distributed
 from interp.decompose.base import DecomposerError, check_activations, read_decomposer, save_decomposer
 from interp.store import ActivationStore
 
@@ -222,12 +223,14 @@ class SAEModule(nn.Module):
             if arch == "relu":
                 codes = pre.clamp_min(0)
             elif arch == "batchtopk":
-                flat = pre.clamp_min(0).reshape(-1)
-                kept = flat.topk(cfg.k * x.shape[0], sorted=False)
-                codes = torch.zeros_like(flat).scatter_(0, kept.indices, kept.values).view_as(pre)
-                smallest = (
-                    kept.values[kept.values > 0].min() if (kept.values > 0).any() else flat.new_tensor(0.0)
-                )
+                # keep the k * B largest over the whole batch (under DDP: over every rank's part of it)
+                relu = pre.clamp_min(0)
+                cut = distributed.kth_largest(relu.reshape(-1), cfg.k * x.shape[0] * distributed.world_size())
+                codes = relu * (relu >= cut)
+                smallest = cut  # smallest kept (fewer than k * B positive: the smallest positive)
+                if float(cut) <= 0:  # the same on every rank
+                    positive = relu.detach().masked_fill(relu <= 0, math.inf).min()
+                    smallest = distributed.all_reduce(positive, "min").nan_to_num(posinf=0.0)
                 m = cfg.threshold_momentum
                 first = self.batch_threshold == 0
                 self.batch_threshold.copy_(
@@ -263,7 +266,7 @@ class SAEModule(nn.Module):
         pre = pre.masked_fill(~dead, float("-inf"))
         vals, idx = pre.topk(aux_k, dim=1)
         residual_hat = sparse_decode(idx, vals.clamp_min(0), self.W_dec)
-        variance = (residual - residual.mean(0)).square().sum(-1).mean()
+        variance = distributed.batch_variance(residual)  # of the global batch under DDP
         return (residual - residual_hat).square().sum(-1).mean() / variance.clamp_min(1e-12)
 
     @torch.no_grad()
