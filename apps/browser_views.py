@@ -1,61 +1,21 @@
-"""HTML and plotly pieces of the feature browser (pure functions: data in, HTML / figures out)."""
+"""HTML and plotly pieces of the feature browser (pure functions: data in, HTML / figures out); the token
+highlighting lives in interp.display, shared with the notebooks."""
 
 from __future__ import annotations
 
-import html
-
 import plotly.graph_objects as go
 
-from interp.features import Example
+from interp.display import CSS, example_html, examples_html, text_html, token_span
 
-CSS = """
-<style>
-.fb-ex {font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.86rem; line-height: 1.9;
-        padding: 2px 0; border-bottom: 1px solid rgba(128,128,128,0.15); white-space: normal;}
-.fb-val {display: inline-block; min-width: 4.2em; color: #666; font-size: 0.75rem; margin-right: 0.6em;}
-.fb-tok {white-space: pre; border-radius: 3px; padding: 1px 0;}
-.fb-tok:hover {outline: 1px solid #333;}
-.fb-peak {border-bottom: 2px solid #c2410c; font-weight: 600;}
-.fb-where {color: #999; font-size: 0.7rem; margin-left: 0.6em;}
-</style>
-"""
-
-
-def token_span(text: str, act: float | None, scale: float, peak: bool = False) -> str:
-    """One token as a span shaded by `act / scale` (orange), with the value on hover."""
-    shown = html.escape(text.replace("\n", "⏎").replace("\t", "⇥")) or "∅"
-    if act is None:
-        return ""
-    alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, act / scale))
-    classes = "fb-tok fb-peak" if peak else "fb-tok"
-    style = f"background-color: rgba(251, 146, 60, {alpha:.2f})" if alpha > 0 else ""
-    return f'<span class="{classes}" style="{style}" title="{act:.4g}">{shown}</span>'
-
-
-def example_html(example: Example, scale: float) -> str:
-    """One example row: its value, then its window of tokens highlighted by activation."""
-    spans = "".join(
-        token_span(text, act, scale, peak=i == example.peak)
-        for i, (text, act) in enumerate(zip(example.texts, example.acts, strict=True))
-    )
-    where = f"ctx {example.context} · pos {example.position}"
-    return (
-        f'<div class="fb-ex"><span class="fb-val">{example.value:.3g}</span>{spans}'
-        f'<span class="fb-where">{where}</span></div>'
-    )
-
-
-def examples_html(examples: list[Example], scale: float) -> str:
-    return CSS + "".join(example_html(e, scale) for e in examples)
-
-
-def text_html(texts: list[str], acts: list[float], scale: float) -> str:
-    """Typed text, every token highlighted by its activation."""
-    peak = max(range(len(acts)), key=lambda i: acts[i]) if acts else -1
-    spans = "".join(
-        token_span(t, a, scale, i == peak) for i, (t, a) in enumerate(zip(texts, acts, strict=True))
-    )
-    return CSS + f'<div class="fb-ex">{spans}</div>'
+__all__ = [
+    "CSS",
+    "density_figure",
+    "example_html",
+    "examples_html",
+    "histogram_figure",
+    "text_html",
+    "token_span",
+]
 
 
 def histogram_figure(edges: list[float], counts: list[int]) -> go.Figure:
