@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -104,6 +105,7 @@ class ActivationStore:
     def __init__(self, path: str | Path, manifest: StoreManifest):
         self.path = Path(path)
         self.manifest = manifest
+        self._maps: dict[str, np.ndarray] = {}  # shard file -> memory map of its acts (read_rows)
 
     # ----------------------------------------------------------------- open / create
     @classmethod
@@ -243,6 +245,43 @@ class ActivationStore:
                 f"shard {file} holds acts {list(tensors['acts'].shape)}, expected [{info.n_tokens}, {self.d}]"
             )
         return tensors
+
+    def read_rows(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Activations `[m, d]` of store rows `rows [m]` (numbers in store order, any order, repeats allowed).
+
+        Shard files are memory-mapped and only the rows asked for are read, so processes that ask for disjoint
+        rows read disjoint parts of the store.
+        """
+        rows = rows.long().cpu()
+        if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < self.n_tokens:
+            raise StoreError(f"rows must lie in [0, {self.n_tokens}) for the store at {self.path}")
+        starts = torch.tensor([0] + [s.n_tokens for s in self.manifest.shards]).cumsum(0)
+        shard_of = torch.searchsorted(starts, rows, right=True) - 1
+        out = torch.empty(rows.shape[0], self.d, dtype=dtype)
+        for index in torch.unique(shard_of).tolist():  # a loop over the shards these rows lie in
+            where = (shard_of == index).nonzero()[:, 0]
+            local = (rows[where] - starts[index]).numpy()
+            order = np.argsort(local, kind="stable")  # read each file front to back
+            block = torch.from_numpy(np.ascontiguousarray(self._memmap(index)[local[order]]))
+            out[where[torch.from_numpy(order)]] = block.view(self.dtype).to(dtype)
+        return out
+
+    def _memmap(self, index: int) -> np.ndarray:
+        """Shard `index`'s acts `[n, d]` as a read-only memory map (bfloat16 as its raw uint16 bits)."""
+        info = self.manifest.shards[index]
+        if info.file not in self._maps:
+            file = self.path / info.file
+            if not file.exists() or file.stat().st_size != info.n_bytes:
+                self.load_shard(index)  # raises the error that says what is wrong with the file
+            with open(file, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                meta = json.loads(f.read(header_len))["acts"]
+            begin = 8 + header_len + meta["data_offsets"][0]
+            np_dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[meta["dtype"]]
+            self._maps[info.file] = np.memmap(
+                file, dtype=np_dtype, mode="r", offset=begin, shape=tuple(meta["shape"])
+            )
+        return self._maps[info.file]
 
     def iter_shards(self, dtype: torch.dtype | None = torch.float32) -> Iterator[torch.Tensor]:
         """Yield each shard's acts `[n_shard, d]` in order (None keeps the stored dtype)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -117,3 +118,173 @@ def test_distributed_snmf_equals_single_process(tmp_path, init):
         result = load_file(str(tmp_path / f"f.{rank}"))
         assert torch.allclose(result["F"], single.f, atol=1e-4 * single.f.abs().max()), rank
         assert torch.allclose(result["losses"], torch.tensor(single.state.losses), rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ DDP training
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "mpsae")
+# small enough for seconds; dead_tokens and resample_every low so AuxK and resampling both run
+DDP_TRAIN = {"n_features": 48, "k": 3, "batch_size": 128, "n_steps": 30, "lr": 3e-3, "warmup_steps": 5,
+             "dead_tokens": 128, "device": "cpu", "checkpoint_every": 10}  # fmt: skip
+
+
+def _decomposer(arch: str, n_steps: int = DDP_TRAIN["n_steps"]):
+    from interp.decompose.mp_sae import MPSAE, MPSAEConfig
+    from interp.decompose.sae import SAE, SAEConfig
+
+    settings = {**DDP_TRAIN, "n_steps": n_steps}
+    if arch == "mpsae":
+        return MPSAE(MPSAEConfig(**{k: v for k, v in settings.items() if k != "dead_tokens"}))
+    extra = {"l1_coeff": 0.3, "l1_warmup_steps": 5, "resample_every": 10, "l0_coeff": 0.05}
+    sae = SAE(SAEConfig(architecture=arch, **settings, **extra))
+    if arch == "relu":  # 8 latents that never fire, so resampling has work at step 10
+        with torch.no_grad():
+            sae.build(16).b_enc[:8] = -100.0
+    return sae
+
+
+def _planted_store(path):
+    from interp.store import ActivationStore, StoreManifest
+
+    gen = torch.Generator().manual_seed(0)
+    atoms = torch.nn.functional.normalize(torch.randn(24, 16, generator=gen), dim=1)
+    codes = torch.rand(2000, 24, generator=gen) * (torch.rand(2000, 24, generator=gen) < 0.12)
+    x = codes @ atoms + 0.3
+    store = ActivationStore.create(path, StoreManifest("m", "0.resid_post", 16, "float32", "x", 8, True))
+    for i, size in enumerate((600, 500, 400, 500)):  # unequal shards
+        begin = sum((600, 500, 400, 500)[:i])
+        ids = torch.arange(size)
+        store.append(x[begin : begin + size], ids, ids, ids, context_end=i + 1)
+    return store
+
+
+def _stop_at(step: int):
+    """Patch the trainer to die (KeyboardInterrupt) when it reaches `step`; returns the undo."""
+    import interp.decompose.train as train_module
+
+    real = train_module.learning_rate_factor
+
+    def dying(current, *args):
+        if current == step:
+            raise KeyboardInterrupt
+        return real(current, *args)
+
+    train_module.learning_rate_factor = dying
+    return lambda: setattr(train_module, "learning_rate_factor", real)
+
+
+def _ddp_rank(rank: int, world: int, init_file: str, root: str) -> None:
+    """Each rank: train every architecture on the store; kill a TopK run at step 25 (checkpoint at 20); finish a
+    TopK run that a single process started."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from safetensors.torch import save_file
+
+        from interp.store import ActivationStore
+
+        store = ActivationStore.open(f"{root}/store")
+        for arch in ARCHITECTURES:
+            fitted = _decomposer(arch).fit(store, progress=False)
+            state = {k: v.detach().contiguous() for k, v in fitted.module.state_dict().items()}
+            state["losses"] = torch.tensor([h["loss"] for h in fitted.history])
+            state["fvu"] = torch.tensor([h["fvu"] for h in fitted.history])
+            save_file(state, f"{root}/{arch}.rank{rank}.safetensors")
+        undo = _stop_at(25)
+        with contextlib.suppress(KeyboardInterrupt):
+            _decomposer("topk").fit(store, checkpoint_dir=f"{root}/ckpt_two", progress=False)
+        undo()
+        resumed = _decomposer("topk").fit(store, checkpoint_dir=f"{root}/ckpt_one", progress=False)
+        save_file({"W_dec": resumed.module.W_dec.detach().contiguous()}, f"{root}/resumed_in_two.rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """Single-process fits, a single-process TopK run killed at step 15, then the 2-rank runs (one spawn)."""
+    root = tmp_path_factory.mktemp("ddp")
+    store = _planted_store(root / "store")
+    single = {arch: _decomposer(arch).fit(store, progress=False) for arch in ARCHITECTURES}
+    undo = _stop_at(15)
+    with pytest.raises(KeyboardInterrupt):
+        _decomposer("topk").fit(store, checkpoint_dir=root / "ckpt_one", progress=False)
+    undo()
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        mp.start_processes(_ddp_rank, args=(2, str(root / "init"), str(root)), nprocs=2, start_method="spawn")
+    finally:
+        if env["OMP_NUM_THREADS"] is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    return root, store, single
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_ddp_training_equals_single_process(ddp_runs, arch):
+    """2 gloo ranks with global batch B train the same SAE as 1 process with batch B (each rank read half)."""
+    from safetensors.torch import load_file
+
+    root, _, single = ddp_runs
+    one = single[arch]
+    two = [load_file(str(root / f"{arch}.rank{r}.safetensors")) for r in range(2)]
+    gap = max(float((two[0][n] - v).abs().max()) for n, v in one.module.state_dict().items())
+    print(f"{arch}: largest |2 ranks - 1 process| over all weights after 30 steps: {gap:.2e}")
+    for name, value in one.module.state_dict().items():
+        assert torch.equal(two[0][name], two[1][name]), f"ranks disagree on {name}"
+        assert torch.allclose(two[0][name], value, atol=1e-5, rtol=1e-5), (arch, name)
+    losses = torch.tensor([h["loss"] for h in one.history])
+    assert torch.allclose(two[0]["losses"], losses, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(two[0]["fvu"], torch.tensor([h["fvu"] for h in one.history]), rtol=1e-4, atol=1e-6)
+    if arch in ("relu", "topk", "batchtopk"):  # latents died: AuxK and resampling ran
+        assert any(h["dead"] > 0 for h in one.history)
+
+
+def test_checkpoints_resume_with_another_world_size(ddp_runs):
+    """A 2-rank run killed at step 25 resumes in 1 process, and a 1-process run killed at step 15 resumes in 2
+    ranks; both finish equal to an uninterrupted run."""
+    import json
+
+    from safetensors.torch import load_file
+
+    root, store, single = ddp_runs
+    full = single["topk"].module.W_dec.detach()
+    saved = json.loads((root / "ckpt_two" / "trainer.json").read_text())
+    assert saved["step"] == 20 and saved["rows_consumed"] == 20 * DDP_TRAIN["batch_size"]
+    resumed = _decomposer("topk").fit(store, checkpoint_dir=root / "ckpt_two", progress=False)
+    assert torch.allclose(resumed.module.W_dec.detach(), full, atol=1e-4)
+    assert [h["step"] for h in resumed.history] == list(range(1, 31))
+    for r in range(2):
+        assert torch.allclose(load_file(str(root / f"resumed_in_two.rank{r}"))["W_dec"], full, atol=1e-4)
+
+
+def test_global_batches_split_one_order():
+    """Rank parts of each global batch concatenate to the single-process batch; epochs cover every row once."""
+    from interp.decompose.batches import GlobalBatches
+
+    x = torch.arange(90.0)[:, None]
+    one = GlobalBatches(x, 12, seed=3, rank=0, world=1)
+    parts = [GlobalBatches(x, 12, seed=3, rank=r, world=3) for r in range(3)]
+    for step in range(20):
+        assert torch.equal(torch.cat([p.rows(step) for p in parts]), one.rows(step))
+    epoch = torch.cat([one.rows(s) for s in range(one.batches_per_epoch)])
+    assert epoch.unique().numel() == epoch.numel() == 84
+    from interp.decompose import DecomposerError
+
+    with pytest.raises(DecomposerError, match="multiple of the 3 processes"):
+        GlobalBatches(x, 10, seed=0, rank=0, world=3)
+
+
+def test_global_batches_over_a_store(tmp_path):
+    from interp.decompose.batches import GlobalBatches
+
+    store = _planted_store(tmp_path / "s")
+    all_rows = store.load_all()
+    one = GlobalBatches(store, 100, seed=1, rank=0, world=1, group_shards=2)
+    parts = [GlobalBatches(store, 100, seed=1, rank=r, world=2, group_shards=2) for r in range(2)]
+    rows = torch.cat([one.rows(s) for s in range(one.batches_per_epoch)])
+    assert rows.unique().numel() == rows.numel() == 2000  # every row once per epoch
+    for step in (0, 5, 19, 20, 33):  # 19/20: the epoch boundary
+        assert torch.equal(torch.cat([p.rows(step) for p in parts]), one.rows(step))
+        assert torch.equal(parts[1].batch(step), all_rows[parts[1].rows(step)])

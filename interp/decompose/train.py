@@ -5,7 +5,14 @@ norm sqrt(d_in), initializes b_dec at the data mean, and runs AdamW with linear 
 end. After each step the decoder's rows are put back on the unit sphere (the gradient's component along each row
 is removed first). Dead latents are tracked in tokens since they last fired: AuxK uses them (TopK-style), ReLU
 SAEs resample them. Checkpoints (safetensors + the optimizer state + JSON) let a killed run resume to the same
-result. The module trained must provide `training_loss(x, dead, l1_coeff)`, `normalize_decoder()`,
+result.
+
+Under torch.distributed (torchrun) training is data-parallel: the module is wrapped in DistributedDataParallel,
+`batch_size` is the global batch, each rank reads its part of every global batch (`interp.decompose.batches`), and
+everything the update depends on is computed over the global batch (BatchTopK's cut, AuxK's normalization, fire
+counts, resampling inputs, logged loss / FVU / L0), so W ranks train the same SAE as one process (float tolerance).
+Rank 0 writes the checkpoints; they hold the global step, so a run resumes with any number of processes. The module
+trained must provide `training_loss(x, dead, l1_coeff)`, `normalize_decoder()`,
 `remove_parallel_gradient()`, `fold_scale()`, a `scale` buffer and a `b_dec` parameter.
 """
 
@@ -14,29 +21,18 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from tqdm.auto import tqdm
 
+from interp import distributed
 from interp.decompose.base import DecomposerError, check_activations
+from interp.decompose.batches import GlobalBatches
 from interp.device import resolve_device
 from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
-
-
-def minibatches(data: ActivationStore | torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless shuffled minibatches `[batch_size, d]`; epoch e is shuffled with seed + e."""
-    epoch = 0
-    while True:
-        if isinstance(data, ActivationStore):
-            yield from data.batches(batch_size, shuffle=True, seed=seed + epoch, drop_last=True)
-        else:
-            order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
-            for start in range(0, data.shape[0] - batch_size + 1, batch_size):
-                yield data[order[start : start + batch_size]].float()
-        epoch += 1
 
 
 def learning_rate_factor(step: int, n_steps: int, warmup: int, decay_start: float) -> float:
@@ -47,12 +43,6 @@ def learning_rate_factor(step: int, n_steps: int, warmup: int, decay_start: floa
     if step >= decay_from:
         return max(0.0, (n_steps - step) / max(1, n_steps - decay_from))
     return 1.0
-
-
-def _data_sample(data: ActivationStore | torch.Tensor, n: int = 16384) -> torch.Tensor:
-    if isinstance(data, ActivationStore):
-        return next(data.batches(min(n, data.n_tokens), shuffle=True, seed=12345))
-    return data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(12345))[:n]].float()
 
 
 def _check_data(data: ActivationStore | torch.Tensor, batch_size: int) -> int:
@@ -72,16 +62,20 @@ def _check_data(data: ActivationStore | torch.Tensor, batch_size: int) -> int:
     return d
 
 
-def _resample_dead(module, x: torch.Tensor, dead: torch.Tensor, optimizer: torch.optim.Optimizer) -> int:
-    """ReLU SAEs: point dead latents at inputs the SAE reconstructs worst (Anthropic's resampling, simplified)."""
+def _resample_dead(module, x: torch.Tensor, dead: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   gen: torch.Generator) -> int:  # fmt: skip
+    """ReLU SAEs: point dead latents at inputs the SAE reconstructs worst (Anthropic's resampling, simplified).
+
+    `x` is the whole global batch and `gen` is seeded by the step, so every rank makes the same change.
+    """
     idx = dead.nonzero()[:, 0]
     if idx.numel() == 0:
         return 0
     with torch.no_grad():
         codes = (x - module.b_dec) @ module.W_enc + module.b_enc
         errors = (x - (codes.clamp_min(0) @ module.W_dec + module.b_dec)).square().sum(-1)
-        picks = torch.multinomial(errors + 1e-12, idx.numel(), replacement=True)
-        directions = x[picks] - module.b_dec
+        picks = torch.multinomial(errors.cpu() + 1e-12, idx.numel(), replacement=True, generator=gen)
+        directions = x[picks.to(x.device)] - module.b_dec
         directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
         module.W_dec[idx] = directions
         alive_norm = module.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else torch.tensor(1.0)
@@ -97,6 +91,69 @@ def _resample_dead(module, x: torch.Tensor, dead: torch.Tensor, optimizer: torch
     return idx.numel()
 
 
+class _TrainingLoss(nn.Module):
+    """The module's `training_loss` as `forward`, so DistributedDataParallel can wrap it (DDP hooks forward)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, dead: torch.Tensor, l1_coeff: float) -> tuple[torch.Tensor, dict]:
+        return self.module.training_loss(x, dead, l1_coeff)
+
+
+def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """`training_loss` as a module call; under torch.distributed wrapped in DDP (gradients averaged over ranks)."""
+    wrapped = _TrainingLoss(module)
+    if distributed.world_size() == 1:
+        return wrapped
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters: an architecture leaves some parameters out (e.g. the JumpReLU threshold);
+    # buffers (scale, BatchTopK threshold) are computed identically on every rank, so they are not broadcast
+    return DistributedDataParallel(
+        wrapped, device_ids=[device.index or torch.cuda.current_device()] if device.type == "cuda" else None,
+        find_unused_parameters=True, broadcast_buffers=False,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _init_from_data(module, batches: GlobalBatches, d_in: int, normalize: bool, device: torch.device) -> None:
+    """Activation scale (mean norm -> sqrt(d_in)) and b_dec (the scaled mean) from a fixed sample of rows; under
+    torch.distributed each rank reads its part of the sample and the sums are all-reduced."""
+    sample = batches.sample(16384).to(device)
+    sums = torch.cat(
+        [sample.norm(dim=1).sum().reshape(1), sample.sum(0), sample.new_tensor([sample.shape[0]])]
+    )
+    sums = distributed.all_reduce_sum(sums.double())
+    n, mean = sums[-1], sums[1:-1] / sums[-1]
+    if normalize:
+        module.scale.fill_(math.sqrt(d_in) / float((sums[0] / n).clamp_min(1e-12)))
+    module.b_dec.copy_((mean * float(module.scale)).to(module.b_dec.dtype))
+
+
+def _global_metrics(
+    x: torch.Tensor, loss: torch.Tensor, stats: dict, batch_size: int
+) -> tuple[dict, torch.Tensor]:
+    """Loss, FVU and L0 of the global batch, and its fire counts `[n_features]`, from every rank's part `x`.
+
+    One all-reduce of [loss, squared error, L0 sum, sum ||x||^2, sum x, fire counts]; FVU is measured about the
+    global batch mean: sum ||x - x_hat||^2 / (sum ||x||^2 - ||sum x||^2 / B).
+    """
+    n = x.shape[0]
+    head = torch.tensor([float(loss.detach()), stats["mse"] * n, stats["l0"] * n], dtype=torch.float64,
+                        device=x.device)  # fmt: skip
+    packed = torch.cat([head, x.square().sum(dtype=torch.float64).reshape(1), x.sum(0, dtype=torch.float64),
+                        stats["fired"].double()])  # fmt: skip
+    packed = distributed.all_reduce_sum(packed)
+    world = distributed.world_size()
+    sq_error, sum_x2, sum_x = packed[1], packed[3], packed[4 : 4 + x.shape[1]]
+    variance = float(sum_x2 - sum_x.square().sum() / batch_size)
+    record = {"loss": float(packed[0]) / world, "fvu": float(sq_error) / max(variance, 1e-12),
+              "l0": float(packed[2]) / batch_size}  # fmt: skip
+    return record, packed[4 + x.shape[1] :].float()
+
+
 def train(
     decomposer, data: ActivationStore | torch.Tensor, checkpoint_dir: str | Path | None, progress: bool
 ) -> None:
@@ -104,6 +161,8 @@ def train(
     cfg = decomposer.config
     device = resolve_device(cfg.device)
     d_in = _check_data(data, cfg.batch_size)
+    batches = GlobalBatches(data, cfg.batch_size, cfg.seed)
+    rank = distributed.rank()
     module = decomposer.build(d_in).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=decomposer.config.learning_rate, betas=(0.9, 0.999),
                                   weight_decay=0.0)  # fmt: skip
@@ -111,32 +170,38 @@ def train(
     step, history = 0, []
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and (ckpt / "trainer.json").exists():
-        module.load_state_dict(
-            {k: v.to(device) for k, v in load_file(str(ckpt / "module.safetensors")).items()}
-        )
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
         saved = json.loads((ckpt / "trainer.json").read_text())
+        if saved.get("batch_size", cfg.batch_size) != cfg.batch_size:
+            raise DecomposerError(
+                f"the checkpoint in {ckpt} was trained with batch_size={saved['batch_size']} (global); resume with "
+                "the same --batch-size (the number of processes may change), or start in a new folder"
+            )
+        module.load_state_dict(
+            {
+                k: v.to(device)
+                for k, v in load_file(str(_checkpoint_file(ckpt, saved, "module.safetensors"))).items()
+            }
+        )
+        optimizer.load_state_dict(
+            torch.load(_checkpoint_file(ckpt, saved, "optimizer.pt"), weights_only=True, map_location=device)
+        )
         step, history = saved["step"], saved["history"]
-        since_fired = load_file(str(ckpt / "since_fired.safetensors"))["since_fired"].to(device)
+        since_fired = load_file(str(_checkpoint_file(ckpt, saved, "since_fired.safetensors")))["since_fired"]
+        since_fired = since_fired.to(device)
     else:
-        sample = _data_sample(data).to(device)
-        with torch.no_grad():
-            if cfg.normalize:
-                module.scale.fill_(math.sqrt(d_in) / float(sample.norm(dim=1).mean().clamp_min(1e-12)))
-            module.b_dec.copy_((sample * module.scale).mean(0))
+        _init_from_data(module, batches, d_in, cfg.normalize, device)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", decomposer.config.learning_rate)
+    loss_of = _data_parallel(module, device)
 
-    batches = minibatches(data, cfg.batch_size, cfg.seed)
-    for _ in range(step):  # resume: the same batches in the same order
-        next(batches)
     use_autocast = cfg.autocast and device.type == "cuda"
     resample_every = cfg.resample_every if getattr(cfg, "architecture", "") == "relu" else -1
     if resample_every == 0:
         resample_every = max(1, cfg.n_steps // 4)
-    bar = tqdm(total=cfg.n_steps, initial=step, desc=f"train {decomposer.method}", disable=not progress)
+    bar = tqdm(total=cfg.n_steps, initial=step, desc=f"train {decomposer.method}",
+               disable=not progress or rank != 0)  # fmt: skip
     while step < cfg.n_steps:
-        x = next(batches).to(device) * module.scale
+        x = batches.batch(step).to(device) * module.scale  # this rank's part of global batch `step`
         factor = learning_rate_factor(step, cfg.n_steps, cfg.warmup_steps, cfg.decay_start)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
@@ -145,42 +210,67 @@ def train(
         dead = since_fired >= cfg.dead_tokens
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         with autocast:
-            loss, stats = module.training_loss(x, dead, l1_coeff)
-        if not torch.isfinite(loss.detach()):
-            raise DecomposerError(
-                f"the training loss became {float(loss.detach())} at step {step}; lower --lr"
-            )
+            loss, stats = loss_of(x, dead, l1_coeff)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP: gradients averaged over ranks = the global batch's gradient
+        record, fired = _global_metrics(x, loss, stats, cfg.batch_size)
+        if not math.isfinite(record["loss"]):  # the global loss: every rank stops together
+            raise DecomposerError(f"the training loss became {record['loss']} at step {step}; lower --lr")
         module.remove_parallel_gradient()
         optimizer.step()
         module.normalize_decoder()
-        since_fired += x.shape[0]
-        since_fired[stats["fired"] > 0] = 0
+        since_fired += cfg.batch_size
+        since_fired[fired > 0] = 0
         step += 1
         resample_now = resample_every > 0 and step % resample_every == 0 and step < cfg.n_steps
-        if resample_now and _resample_dead(module, x, since_fired >= cfg.dead_tokens, optimizer):
-            since_fired[since_fired >= cfg.dead_tokens] = 0
-        record = {"step": step, "loss": float(loss.detach()), "fvu": stats["fvu"], "l0": stats["l0"],
-                  "dead": float((since_fired >= cfg.dead_tokens).float().mean())}  # fmt: skip
+        if resample_now and (since_fired >= cfg.dead_tokens).any():
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            if _resample_dead(
+                module, distributed.all_gather_cat(x), since_fired >= cfg.dead_tokens, optimizer, gen
+            ):
+                since_fired[since_fired >= cfg.dead_tokens] = 0
+        record = {"step": step, **record, "dead": float((since_fired >= cfg.dead_tokens).float().mean())}
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3g}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
                         dead=f"{record['dead']:.2f}")  # fmt: skip
-        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.n_steps):
-            _checkpoint(ckpt, module, optimizer, since_fired, step, history)
+        if ckpt is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.n_steps):
+            _checkpoint(ckpt, module, optimizer, since_fired, step, history, cfg.batch_size)
     bar.close()
+    distributed.barrier()  # the last checkpoint is on disk before any rank returns
     module.fold_scale()
     decomposer.history = history
 
 
-def _checkpoint(ckpt: Path, module, optimizer, since_fired: torch.Tensor, step: int, history: list) -> None:
+CHECKPOINT_FILES = ("module.safetensors", "optimizer.pt", "since_fired.safetensors")
+
+
+def _checkpoint(ckpt: Path, module, optimizer, since_fired: torch.Tensor, step: int, history: list,
+                batch_size: int) -> None:  # fmt: skip
+    """Module, optimizer, dead-latent counters and the global position (step in global batches, rows consumed).
+
+    The files of a step get the step in their names and `trainer.json`, replaced last, names them: a run killed
+    while writing resumes from the previous complete checkpoint. Older files are then removed.
+    """
     ckpt.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(
-        {k: v.detach().cpu() for k, v in module.state_dict().items()}, ckpt / "module.safetensors"
-    )
-    atomic_save_safetensors({"since_fired": since_fired.cpu()}, ckpt / "since_fired.safetensors")
-    tmp = ckpt / ".optimizer.pt.tmp"
+    files = {name: f"{name.split('.')[0]}-{step:08d}.{name.split('.', 1)[1]}" for name in CHECKPOINT_FILES}
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    atomic_save_safetensors(state, ckpt / files["module.safetensors"])
+    atomic_save_safetensors({"since_fired": since_fired.cpu()}, ckpt / files["since_fired.safetensors"])
+    tmp = ckpt / f".{files['optimizer.pt']}.tmp"
     torch.save(optimizer.state_dict(), tmp)
-    tmp.replace(ckpt / "optimizer.pt")
-    atomic_write_json(ckpt / "trainer.json", {"step": step, "history": history})
+    tmp.replace(ckpt / files["optimizer.pt"])
+    atomic_write_json(ckpt / "trainer.json", {"step": step, "rows_consumed": step * batch_size,
+                                              "batch_size": batch_size, "files": files, "history": history})  # fmt: skip
+    for old in ckpt.iterdir():
+        if old.name not in files.values() and old.name.split("-")[0] in (
+            "module",
+            "optimizer",
+            "since_fired",
+        ):
+            old.unlink(missing_ok=True)
+
+
+def _checkpoint_file(ckpt: Path, saved: dict, name: str) -> Path:
+    """A file of the checkpoint `saved` (trainer.json) describes (older checkpoints use the plain names)."""
+    return ckpt / saved.get("files", {}).get(name, name)
