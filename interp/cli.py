@@ -29,6 +29,40 @@ def _offline_by_default() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def start_distributed(requested: bool, device: str | None) -> str | None:
+    """With --distributed, join the process group torchrun describes and return this rank's device (nccl and
+    cuda:LOCAL_RANK on GPUs, gloo on CPU). Without it, refuse to run under a multi-process launcher, where every
+    process would do the whole job and write the same files."""
+    from interp import distributed
+
+    if requested:
+        return distributed.init_from_env(device or "auto")
+    if distributed.requested_by_env():
+        raise ValueError(
+            f"this runs under torchrun with WORLD_SIZE={os.environ['WORLD_SIZE']} but without --distributed, so "
+            "every process would do the whole job; add --distributed"
+        )
+    return device
+
+
+def stop_distributed() -> None:
+    """Leave the process group (no barrier: after an error on one rank the others fail fast instead of waiting)."""
+    from interp import distributed
+
+    if distributed.is_distributed():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def echo0(message: str) -> None:
+    """Print on rank 0 only (every line once under torchrun, also after the process group is gone)."""
+    from interp import distributed
+
+    if distributed.rank() == 0 and os.environ.get("RANK", "0") == "0":
+        typer.echo(message)
+
+
 def middle_sites(n_layers: int) -> str:
     layer = n_layers // 2
     return f"{layer}.mlp_hidden,{layer}.resid_post"
@@ -107,10 +141,7 @@ def capture_cmd(
     """Capture activations at sites into a resumable, sharded store (rerun the same command to resume)."""
     _offline_by_default()
     try:
-        if distributed:
-            from interp.distributed import init_from_env
-
-            device = init_from_env(device)
+        device = start_distributed(distributed, device)
         stores, stats = run_capture(
             model,
             sites,
@@ -127,6 +158,8 @@ def capture_cmd(
         )
     except USER_ERRORS as e:
         _fail(e)
+    finally:
+        stop_distributed()
     typer.echo(
         f"wrote {stats.n_tokens:,} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:,.0f} tokens/s)"
     )
@@ -243,14 +276,20 @@ def run_fit(
     store = ActivationStore.open(store_path)
     config = build_config(cls.config_class, method, options)
     out = out or default_fit_dir(store_path, method, options.get("n_features"))
-    typer.echo(f"fitting {method} on {store} -> {out}")
+    from interp import distributed
+
+    world = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    echo0(f"fitting {method} on {store}{world} -> {out}")
     decomposer = cls(config).fit(store, checkpoint_dir=out / "checkpoint", progress=progress)
-    decomposer.save(out)
-    (out / "source.json").write_text(
-        json.dumps(
-            {"store": str(store_path.resolve()), "model": store.manifest.model, "site": store.site}, indent=2
+    if distributed.rank() == 0:  # every rank holds the same fitted decomposer
+        decomposer.save(out)
+        (out / "source.json").write_text(
+            json.dumps(
+                {"store": str(store_path.resolve()), "model": store.manifest.model, "site": store.site},
+                indent=2,
+            )
         )
-    )
+    distributed.barrier()
     return decomposer
 
 
@@ -280,6 +319,13 @@ def fit_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any other config field: name=value")
     ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            help="under torchrun: data-parallel (SAEs: DDP, --batch-size is the global batch; SNMF: "
+            "tokens split, sums all-reduced)"
+        ),
+    ] = False,
 ) -> None:
     """Fit a decomposer on a store; interrupt and rerun to resume from the last checkpoint."""
     options = {
@@ -288,10 +334,13 @@ def fit_cmd(
         "device": device, "seed": seed,
     }  # fmt: skip
     try:
+        options["device"] = start_distributed(distributed, device)
         options.update(parse_overrides(set_ or []))
         run_fit(store, method, out, options)
     except USER_ERRORS as e:
         _fail(e)
+    finally:
+        stop_distributed()
 
 
 # ------------------------------------------------------------------------------------------ evaluate

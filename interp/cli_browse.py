@@ -38,15 +38,21 @@ def index_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any other IndexConfig field: name=value")
     ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(help="under torchrun: each rank streams a block of shards; rank 0 merges and writes"),
+    ] = False,
 ) -> None:
     """Build the feature index of a decomposer (top examples, quantile bands, histograms, logit lens, ...)."""
     import dataclasses
 
+    from interp.cli import echo0, start_distributed, stop_distributed
     from interp.features import IndexConfig, build_index
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
+        device = start_distributed(distributed, device)
         fields = {f.name: f for f in dataclasses.fields(IndexConfig)}
         options: dict = {"top_k": top_k, "window": window, "max_tokens": max_tokens, "device": device}
         for pair in set_ or []:
@@ -60,8 +66,10 @@ def index_cmd(
     except (ValueError, FileNotFoundError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    finally:
+        stop_distributed()
     m = index.manifest
-    typer.echo(
+    echo0(
         f"indexed {m.n_features:,} features of {m.method} at {m.site} over {m.n_tokens:,} tokens in "
         f"{m.seconds:.1f} s -> {index.path}"
     )

@@ -9,6 +9,9 @@ activation quantile bands; firing density, mean and max; a histogram of firing a
 directions: the logit lens (`interp.logit_lens`), the nearest features by cosine, and for `mlp_hidden` sites the
 neurons that make up each feature (for SNMF exactly its non-zero neuron weights); for SNMF the hierarchy.
 
+Under torch.distributed (`interp index --distributed` under torchrun) each rank streams a block of the store's
+shards; counts and histograms are summed and the examples merged on rank 0, which writes the index of one process.
+
 A feature fires on a token when its code is above `fire_threshold` times its max (0 by default: any positive code;
 1% for SNMF, whose non-negative codes are dense).
 
@@ -35,7 +38,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interp import __version__
+from interp import __version__, distributed
 from interp.device import resolve_device
 from interp.features_stream import BandPass, TopPass, context_batches
 from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
@@ -223,19 +226,22 @@ def build_index(
             f"the decomposer has d_in={decomposer.d_in} but the store {store.path} (site {store.site}) has "
             f"d={store.d}; index it on the store it was fitted on"
         )
-    if not isinstance(model, LoadedModel):
+    rank = distributed.rank()
+    if not isinstance(model, LoadedModel) and rank == 0:  # only rank 0 writes, so only it needs the model
         model = load_model(model or store.manifest.model, device=config.device)
+    shards = range(*distributed.rank_range(store.n_shards))  # under torch.distributed: this rank's block
     method = _method_of(decomposer, folder)
     device = resolve_device(config.device)
     directions = decomposer.directions.detach().float()
     k = directions.shape[0]
     rel = config.fire_threshold if config.fire_threshold is not None else FIRE_THRESHOLD.get(method, 0.0)
     batch_tokens = max(store.manifest.context_len, min(config.batch_tokens, config.max_batch_codes // k))
-    total = min(store.n_tokens, config.max_tokens or store.n_tokens)
+    total = sum(s.n_tokens for s in store.manifest.shards[shards.start : shards.stop])
+    total = min(total, config.max_tokens or total)
 
     def batches(desc: str):
-        bar = tqdm(total=total, desc=desc, unit="tok", disable=not progress, leave=False)
-        for batch in context_batches(store, batch_tokens, config.max_tokens):
+        bar = tqdm(total=total, desc=desc, unit="tok", disable=not progress or rank != 0, leave=False)
+        for batch in context_batches(store, batch_tokens, config.max_tokens, shards):
             x = batch.acts.to(device, torch.float32)
             codes = decomposer.encode(x).detach().float().to(device)
             yield batch, x, codes
@@ -246,13 +252,18 @@ def build_index(
         first = TopPass(k, config.top_k, config.window, device)
         for batch, x, codes in batches("index: top examples"):
             first.update(batch, x, codes)
-        max_value = first.top.values.max(dim=1).values.clamp_min(0)
+        max_value = distributed.all_reduce(first.top.values.max(dim=1).values.clamp_min(0), "max")
+        first.reduce()  # under torch.distributed: sums over ranks; top examples merged on rank 0
         threshold = rel * max_value
         edges = first.quantile_edges(threshold, max_value, config.band_quantiles)
         second = BandPass(threshold, max_value, edges, config.n_bins, config.band_samples, config.window,
                           config.seed)  # fmt: skip
         for batch, _, codes in batches("index: bands, histogram"):
             second.update(batch, codes)
+        second.reduce()
+    if rank != 0:  # rank 0 writes the index; the others open it once it is there
+        distributed.barrier()
+        return FeatureIndex.open(out)
 
     tensors = _example_tensors(first, second, threshold)
     tensors |= {
@@ -286,11 +297,13 @@ def build_index(
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )  # fmt: skip
     _write(out, manifest, tensors, model.tokenizer, tree)
+    distributed.barrier()
     return FeatureIndex.open(out)
 
 
 def _example_tensors(first: TopPass, second: BandPass, threshold: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Top and band examples as flat tensors; top examples at or below the firing threshold are dropped."""
+    """Top and band examples as flat tensors, highest value first; top examples at or below the firing threshold
+    are dropped."""
     top = first.top
     keep = (top.rows >= 0) & (top.values > threshold[:, None])
     out = {
@@ -306,6 +319,15 @@ def _example_tensors(first: TopPass, second: BandPass, threshold: torch.Tensor) 
              "positions": "band_position", "tokens": "band_tokens", "acts": "band_acts"}  # fmt: skip
     out |= {names[key]: value for key, value in bands.items()}
     out["band_tokens"] = out["band_tokens"].int()
+    for prefix in ("top", "band"):  # slots by value, highest first (empty slots, value 0, last), then by row
+        rows, values = out[f"{prefix}_rows"], out[f"{prefix}_values"]
+        order = (rows + 1).argsort(
+            dim=-1, stable=True
+        )  # ties of value broken by row, whichever rank found them
+        order = order.gather(-1, values.gather(-1, order).argsort(dim=-1, descending=True, stable=True))
+        for name in [n for n in out if n.startswith(prefix + "_")]:
+            index = order.view(*order.shape, *[1] * (out[name].ndim - order.ndim)).expand_as(out[name])
+            out[name] = out[name].gather(order.ndim - 1, index)
     return out
 
 

@@ -8,6 +8,10 @@ m]), their windows of tokens and activations, and a log-spaced histogram of posi
 Pass 2 (`BandPass`): with each feature's max and firing threshold known, exact firing counts and sums, a linear
 histogram of firing activations in (threshold, max], and `s` random samples per activation quantile band
 (random keys, kept by the same top-k merge).
+
+Under torch.distributed each rank runs both passes over a block of the store's shards; after each pass the counts
+and histograms are summed over ranks and the example slots merged on rank 0 (`reduce`), which gives the index of
+one process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from interp import distributed
 from interp.store import ActivationStore
 
 LOG_LO, LOG_HI, LOG_BINS = -12.0, 12.0, 960  # log10 range and bins of the pass-1 histogram (~6% per bin)
@@ -35,14 +40,19 @@ class Batch:
 
 
 def context_batches(
-    store: ActivationStore, batch_tokens: int, max_tokens: int | None = None
+    store: ActivationStore, batch_tokens: int, max_tokens: int | None = None, shards: range | None = None
 ) -> Iterator[Batch]:
     """Batches of about `batch_tokens` rows, cut at context boundaries, in store order (shards hold whole contexts).
 
     With `max_tokens`, stops after the first batch that reaches it (whole contexts, so it can overshoot a little).
+    `shards` restricts the batches to a block of shards (a rank's part): the same batches, with the same store rows,
+    as the whole store gives for those shards.
     """
-    row = 0
-    for index in range(store.n_shards):
+    shards = range(store.n_shards) if shards is None else shards
+    row = sum(s.n_tokens for s in store.manifest.shards[: shards.start])
+    for index in shards:
+        if max_tokens is not None and row >= max_tokens:
+            return
         shard = store.load_shard(index)
         ctx = shard["context_ids"]
         n = ctx.shape[0]
@@ -109,6 +119,37 @@ class Examples:
         found = gather_examples(batch, codes, keys[r, cand], rows[r, cand], window, features[r])
         for name in self.__dataclass_fields__:
             getattr(self, name)[r, slot] = getattr(found, name).to(getattr(self, name).dtype)
+
+
+def merge_examples(a: Examples, b: Examples) -> Examples:
+    """Per row, the m highest-key slots of `a` and `b` together (slots stay unordered)."""
+    best = torch.cat([a.keys, b.keys], dim=1).topk(a.keys.shape[1], dim=1).indices  # [r, m]
+    fields = {}
+    for name in Examples.__dataclass_fields__:
+        both = torch.cat([getattr(a, name), getattr(b, name)], dim=1)
+        index = best.view(*best.shape, *[1] * (both.ndim - 2)).expand(-1, -1, *both.shape[2:])
+        fields[name] = both.gather(1, index)
+    return Examples(**fields)
+
+
+def gather_to_rank0(examples: Examples) -> Examples:
+    """Under torch.distributed: on rank 0 the merge of every rank's slots (received one rank at a time, so rank 0
+    holds two sets at most); on other ranks their own, unchanged. A single process gets `examples` back."""
+    import torch.distributed as dist
+
+    if distributed.world_size() == 1:
+        return examples
+    names = list(Examples.__dataclass_fields__)
+    for src in range(1, distributed.world_size()):  # a loop over ranks
+        if distributed.rank() == 0:
+            other = {name: torch.empty_like(getattr(examples, name)) for name in names}
+            for name in names:
+                dist.recv(other[name], src)
+            examples = merge_examples(examples, Examples(**other))
+        elif distributed.rank() == src:
+            for name in names:
+                dist.send(getattr(examples, name).contiguous(), 0)
+    return examples
 
 
 def gather_examples(batch: Batch, codes: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, window: int,
@@ -178,6 +219,19 @@ class TopPass:
         self.n_tokens += codes.shape[0]
         self.norm_sum += float(x.norm(dim=1).sum())
 
+    def reduce(self) -> None:
+        """Under torch.distributed: counts, norms and histogram summed over ranks on every rank; top examples merged
+        on rank 0. A no-op in a single process."""
+        if distributed.world_size() == 1:
+            return
+        totals = torch.tensor(
+            [self.n_tokens, self.norm_sum], dtype=torch.float64, device=self.log_hist.device
+        )
+        distributed.all_reduce_sum(totals)
+        self.n_tokens, self.norm_sum = int(totals[0]), float(totals[1])
+        distributed.all_reduce_sum(self.log_hist)
+        self.top = gather_to_rank0(self.top)
+
     def quantile_edges(self, threshold: torch.Tensor, max_value: torch.Tensor,
                        quantiles: tuple[float, ...]) -> torch.Tensor:  # fmt: skip
         """Band edges `[k, len(quantiles) + 1]` of each feature's firing activations (> threshold).
@@ -217,7 +271,7 @@ class BandPass:
         self.hist = torch.zeros(k * n_bins, dtype=torch.long, device=device)
         self.bands = Examples.empty(k * self.n_bands, samples, 2 * window + 1, device)  # row = feature, band
         self.group_feature = torch.arange(k, device=device).repeat_interleave(self.n_bands)
-        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.gen, self.seed = torch.Generator(device=device), seed
 
     def update(self, batch: Batch, codes: torch.Tensor) -> None:
         rows, features = (codes > self.threshold).nonzero(as_tuple=True)  # firing entries
@@ -231,6 +285,9 @@ class BandPass:
         self.hist += torch.bincount(features * self.n_bins + bins.long(), minlength=k * self.n_bins)
         band = (values[:, None] >= self.edges[features, 1:-1]).sum(1)  # the top band includes the max
         group = features * self.n_bands + band
+        self.gen.manual_seed(
+            hash((self.seed, batch.start)) & (2**62 - 1)
+        )  # keys depend on the batch, not the rank
         keys = torch.rand(values.shape, generator=self.gen, device=values.device, dtype=torch.float64)
         order = torch.argsort(group.double() + keys)  # by group, then key, ascending
         sizes = torch.bincount(group, minlength=n_groups)
@@ -239,6 +296,15 @@ class BandPass:
         picked = order[last.clamp_min(0)]
         cand_keys = keys.float()[picked].masked_fill(~present, -math.inf)
         self.bands.absorb(batch, codes, cand_keys, rows[picked], self.group_feature, self.window)
+
+    def reduce(self) -> None:
+        """Under torch.distributed: counts, sums and histogram summed over ranks on every rank; band samples merged on
+        rank 0 (the same keys as one process would draw, so the same samples). A no-op in a single process."""
+        if distributed.world_size() == 1:
+            return
+        for total in (self.counts, self.sums, self.hist):
+            distributed.all_reduce_sum(total)
+        self.bands = gather_to_rank0(self.bands)
 
     def band_tensors(self) -> dict[str, torch.Tensor]:
         """Band examples `[k, n_bands, s(, W)]`."""

@@ -75,9 +75,31 @@ def test_torchrun_cli(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    from interp.features import FeatureIndex
     from interp.store import ActivationStore
 
     assert ActivationStore.open(tmp_path / "run" / "1.resid_post").n_tokens == 300
+    torchrun = cmd[:5]  # python -m torch.distributed.run --nproc-per-node 2
+    fit = [*torchrun, "--master-port", "29534", "-m", "interp", "fit", "--distributed", "--method", "topk", "--store", str(tmp_path / "run" / "1.resid_post"),
+           "--k", "32", "--topk-k", "4", "--n-steps", "20", "--batch-size", "64", "--device", "cpu",
+           "--out", str(tmp_path / "topk")]  # fmt: skip
+    result = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("fitting topk") == 1 and "on 2 processes" in result.stdout
+    index = [*torchrun, "--master-port", "29535", "-m", "interp", "index", "--distributed", str(tmp_path / "topk"), "--device", "cpu", "--top-k", "5"]
+    result = subprocess.run(index, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert FeatureIndex.open(tmp_path / "topk").manifest.n_tokens == 300
+
+
+def test_torchrun_without_distributed_is_refused(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(app, ["fit", "--method", "topk", "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "add --distributed" in result.output
 
 
 def _snmf_rank(rank: int, world: int, init_file: str, store_path: str, init: str, out: str) -> None:
@@ -288,3 +310,59 @@ def test_global_batches_over_a_store(tmp_path):
     for step in (0, 5, 19, 20, 33):  # 19/20: the epoch boundary
         assert torch.equal(torch.cat([p.rows(step) for p in parts]), one.rows(step))
         assert torch.equal(parts[1].batch(step), all_rows[parts[1].rows(step)])
+
+
+# ------------------------------------------------------------------------------------------ feature index
+INDEX = {"top_k": 5, "window": 3, "band_samples": 2, "device": "cpu"}
+
+
+def _index_rank(rank: int, world: int, init_file: str, folder: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from interp.features import IndexConfig, build_index
+
+        build_index(folder, out=out, config=IndexConfig(**INDEX), progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_index_equals_single_process(tmp_path, tiny_llama):
+    """2 ranks, each streaming half of the store's shards, write the index one process writes."""
+    import json
+
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from interp.capture import capture
+    from interp.decompose.sae import SAE, SAEConfig
+    from interp.features import IndexConfig, build_index
+
+    stores, _ = capture(tiny_llama, _contexts(tiny_llama), "1.mlp_hidden", tmp_path / "run", batch_size=4,
+                        shard_tokens=100, progress=False)  # fmt: skip
+    store = stores["1.mlp_hidden"]
+    assert store.n_shards >= 4
+    sae = SAE(SAEConfig(n_features=32, k=4, n_steps=20, batch_size=64, device="cpu")).fit(
+        store, progress=False
+    )
+    folder = tmp_path / "topk"
+    sae.save(folder)
+    (folder / "source.json").write_text(json.dumps({"store": str(store.path)}))
+    build_index(folder, out=tmp_path / "one", config=IndexConfig(**INDEX), model=tiny_llama, progress=False)
+    mp.start_processes(_index_rank, args=(2, str(tmp_path / "init"), str(folder), str(tmp_path / "two")), nprocs=2,
+                       start_method="spawn")  # fmt: skip
+    one, two = (load_file(str(tmp_path / name / "index.safetensors")) for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    assert (
+        int((one["top_rows"] >= 0).sum()) > 32 and int((one["band_rows"] >= 0).sum()) > 32
+    )  # examples exist
+    for name, value in one.items():
+        if value.is_floating_point():
+            assert torch.allclose(two[name], value, atol=1e-6, equal_nan=True), name
+        else:
+            assert torch.equal(two[name], value), name
+    tables = [pd.read_parquet(tmp_path / name / "features.parquet") for name in ("one", "two")]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    manifests = [json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("one", "two")]
+    assert manifests[0]["n_tokens"] == manifests[1]["n_tokens"] == store.n_tokens
+    assert manifests[1]["mean_input_norm"] == pytest.approx(manifests[0]["mean_input_norm"], rel=1e-6)

@@ -107,13 +107,20 @@ def _data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     wrapped = _TrainingLoss(module)
     if distributed.world_size() == 1:
         return wrapped
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
-    # find_unused_parameters: an architecture leaves some parameters out (e.g. the JumpReLU threshold);
-    # buffers (scale, BatchTopK threshold) are computed identically on every rank, so they are not broadcast
+    # find_unused_parameters: an architecture leaves some parameters out (e.g. the JumpReLU threshold); buffers
+    # (scale, BatchTopK threshold) are computed identically on every rank, so they are not synced at each forward
+    # (the option is `forward_sync_buffers` since torch 2.13, `broadcast_buffers` before)
+    names = inspect.signature(DistributedDataParallel).parameters
+    no_buffer_sync = {
+        "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers": False
+    }
     return DistributedDataParallel(
         wrapped, device_ids=[device.index or torch.cuda.current_device()] if device.type == "cuda" else None,
-        find_unused_parameters=True, broadcast_buffers=False,
+        find_unused_parameters=True, **no_buffer_sync,
     )  # fmt: skip
 
 
