@@ -86,7 +86,8 @@ def test_torchrun_cli(tmp_path):
     result = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("fitting topk") == 1 and "on 2 processes" in result.stdout
-    index = [*torchrun, "--master-port", "29535", "-m", "interp", "index", "--distributed", str(tmp_path / "topk"), "--device", "cpu", "--top-k", "5"]
+    index = [*torchrun, "--master-port", "29535", "-m", "interp", "index", "--distributed", str(tmp_path / "topk"),
+             "--device", "cpu", "--top-k", "5"]  # fmt: skip
     result = subprocess.run(index, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert FeatureIndex.open(tmp_path / "topk").manifest.n_tokens == 300
