@@ -92,10 +92,11 @@ def test_codes_nonnegative_and_best_iterate_returned(data, fitted):
     assert (fitted.g_best.data >= 0).all()
     losses = fitted.state.losses
     assert fitted.state.best_loss == min(losses) == losses[fitted.state.best_iteration - 1]
-    # the returned F with the returned G reproduces the best loss
-    g = fitted.g_best.data
-    error = (x - g @ fitted.f.T).square().sum() / x.square().sum()
-    assert math.isclose(float(error), fitted.state.best_loss, rel_tol=1e-3)
+    # the returned F with the returned G reproduces the best loss. The loss comes from products already formed
+    # (||A||^2 - 2 <P, G> + <Q, G^T G>), whose float32 sums carry an error of a few float32 epsilons of ||A||^2.
+    g = fitted.g_best.data.double()
+    error = (x.double() - g @ fitted.f.T.double()).square().sum() / x.double().square().sum()
+    assert abs(float(error) - fitted.state.best_loss) < 20 * torch.finfo(torch.float32).eps
     assert fitted.state.stop_reason in ("patience", "max_iter")
 
 
