@@ -264,3 +264,14 @@ def test_fit_cli_with_checkpoints_and_hierarchy(tmp_path, data):
     assert json.loads((tmp_path / "fit" / "source.json").read_text())["site"] == "0.mlp_hidden"
     wrong = CliRunner().invoke(app, [*args[:7], "--topk-k", "4"])
     assert wrong.exit_code == 2 and "--topk-k does not apply to method 'snmf'" in wrong.output
+
+
+def test_all_finite_catches_nan_and_inf_but_not_large_values():
+    from interp.decompose.base import all_finite
+
+    x = torch.randn(64, 32)
+    assert all_finite(x) and all_finite(torch.full((100, 100), 3e38)) and all_finite(x.bfloat16())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[5, 7] = bad
+        assert not all_finite(y) and not all_finite(y.half()) and not all_finite(y.double())

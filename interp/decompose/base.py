@@ -76,6 +76,14 @@ def load_decomposer(folder: str | Path) -> Decomposer:
     return method_class(method).load(folder)
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN or inf in `x`, in one reading pass: a float64 sum of float32 (or narrower) values cannot overflow, and
+    any NaN or inf makes it non-finite."""
+    if x.is_floating_point() and x.element_size() <= 4:
+        return bool(torch.isfinite(x.sum(dtype=torch.float64)))
+    return bool(torch.isfinite(x).all())
+
+
 def check_activations(x: torch.Tensor, d_in: int | None = None, what: str = "activations") -> torch.Tensor:
     """Validate `x [n, d_in]`: 2-D, the right width, finite. Returns `x` unchanged."""
     if not isinstance(x, torch.Tensor):
@@ -91,7 +99,7 @@ def check_activations(x: torch.Tensor, d_in: int | None = None, what: str = "act
         )
     if x.shape[0] == 0:
         raise DecomposerError(f"{what} are empty (0 rows); capture some tokens first")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         bad = (~torch.isfinite(x)).any(dim=1).nonzero()[:5, 0].tolist()
         raise DecomposerError(f"{what} contain NaN or inf (rows {bad}...); fix or drop those rows first")
     return x
