@@ -7,12 +7,15 @@ Encoding x `[n, d_in]` with a unit-norm dictionary W_dec `[n_atoms, d_in]` and p
         code[j] += c;  r = r - c W_dec[j]              (so ||r||^2 drops by c^2: it never grows)
     x_hat = code W_dec + b_dec
 Selection runs without gradient on scores kept up to date with the Gram matrix (scores -= c * G[j]: no
-[n, d_in] x [d_in, n_atoms] product per step); the coefficients are then recomputed with gradient through the
-chosen atoms only. Training minimizes the MSE (k sets the sparsity); atoms are renormalized after every step.
+[n, d_in] x [d_in, n_atoms] product per step), over blocks of tokens that stay in cache. Training then takes the
+gradient of the MSE through the chosen atoms only, with a hand-written backward over the steps
+(`_PursuitResidual`; equal to autograd through the plain loop, tests/test_sae.py). k sets the sparsity; atoms are
+renormalized after every step.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +23,9 @@ from torch import nn
 
 from interp.decompose.base import DecomposerError
 from interp.decompose.sae import SAE
+
+GROUP = 64
+"""Atoms per group in the two-level argmax of the pursuit."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,69 @@ class MPSAEConfig:
         return self.lr
 
 
+def _dots_with_atoms(grad: torch.Tensor, w_dec: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """<grad[b], W[idx[b, t]]> `[B, T]` (duplicates allowed): the per-sample-weight gradient of embedding_bag."""
+    with torch.enable_grad():
+        weights = torch.zeros(idx.shape, dtype=w_dec.dtype, device=w_dec.device, requires_grad=True)
+        out = nn.functional.embedding_bag(idx, w_dec.detach(), mode="sum", per_sample_weights=weights)
+        return torch.autograd.grad(out, weights, grad)[0]
+
+
+class _PursuitResidual(torch.autograd.Function):
+    """The residual r_T `[B, d]` after T pursuit steps (idx, coefs) `[B, T]` chosen without gradient:
+        r_0 = x - b_dec;  c_t = ReLU(<r_{t-1}, a_t>);  r_t = r_{t-1} - c_t a_t    (a_t = W[j_t])
+    Forward: r_T = r_0 - sum_t c_t a_t (one embedding_bag; the c_t are the selection's values).
+
+    Backward in closed form, no loop over steps. With g_t = dL/dr_t and e_t = [c_t > 0] <g_t, a_t>,
+    g_{t-1} = g_t - e_t a_t, so g_t = g_T - sum_{s>t} e_s a_s, and e solves, per token, the unit triangular
+    system (I + diag(m) triu(K, 1)) e = m * <g_T, a_t> with K = G[j, j] `[T, T]` (from the Gram matrix) and
+    m = [c > 0]. Then
+        dL/dr_0 = g_T - sum_t e_t a_t
+        dL/dW[j_t] += -c_t g_t - e_t r_{t-1}   (r_{t-1} = r_T + sum_{s>=t} c_s a_s)
+                    = -c_t g_T - e_t r_T + sum_s M[t, s] a_s,   M = triu(c e^T, 1) - triu(e c^T)
+    so dW = -S_c^T g_T - S_e^T r_T + Q W, S_c, S_e `[B, n_atoms]` sparse (T entries a token) and Q `[n_atoms,
+    n_atoms]` summing M over tokens at (j_t, j_s). Only the chosen atoms carry gradient."""
+
+    @staticmethod
+    def forward(ctx, r0, w_dec, idx, coefs, gram):
+        r_final = r0 - nn.functional.embedding_bag(idx, w_dec, mode="sum", per_sample_weights=coefs)
+        ctx.save_for_backward(r_final, w_dec, idx, coefs, gram)
+        return r_final
+
+    @staticmethod
+    def backward(ctx, grad):
+        r_final, w_dec, idx, coefs, gram = ctx.saved_tensors
+        grad = grad.contiguous()
+        n_tokens, steps = idx.shape
+        n_atoms = w_dec.shape[0]
+        used = (coefs > 0).to(w_dec.dtype)  # m
+        first, second = torch.triu_indices(steps, steps, device=idx.device)  # pairs t <= s
+        j_first, j_second = idx[:, first], idx[:, second]  # [B, P]
+        strict = first < second
+        pair_gram = torch.zeros(n_tokens, steps, steps, dtype=w_dec.dtype, device=w_dec.device)  # triu(K, 1)
+        pair_gram[:, first[strict], second[strict]] = torch.take(
+            gram, j_first[:, strict] * gram.shape[1] + j_second[:, strict]
+        ).to(w_dec.dtype)
+        system = torch.eye(steps, dtype=w_dec.dtype, device=w_dec.device) + used[:, :, None] * pair_gram
+        rhs = used * _dots_with_atoms(grad, w_dec, idx)
+        e = torch.linalg.solve_triangular(system, rhs[:, :, None], upper=True, unitriangular=True)[..., 0]
+        grad_r0 = grad - nn.functional.embedding_bag(idx, w_dec, mode="sum", per_sample_weights=e)
+        # M[t, s] for t <= s: c_t e_s - e_t c_s off the diagonal, -e_t c_t on it
+        pairs = coefs[:, first] * e[:, second] * strict - e[:, first] * coefs[:, second]
+        q = w_dec.new_zeros(n_atoms * n_atoms)
+        q.index_add_(0, (j_first * n_atoms + j_second).reshape(-1), pairs.reshape(-1))
+        q = q.view(n_atoms, n_atoms)
+        grad_w = q @ w_dec
+        tokens = torch.arange(n_tokens, device=idx.device).repeat_interleave(steps)
+        pattern = torch.stack([idx.reshape(-1), tokens])
+        for weights, dense in ((coefs, grad), (e, r_final)):
+            scatter = torch.sparse_coo_tensor(
+                pattern, weights.reshape(-1), (n_atoms, n_tokens), check_invariants=False
+            )
+            grad_w.addmm_(scatter, dense, alpha=-1)
+        return grad_r0, grad_w, None, None, None
+
+
 class MPSAEModule(nn.Module):
     def __init__(self, config: MPSAEConfig, d_in: int):
         super().__init__()
@@ -65,26 +134,67 @@ class MPSAEModule(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("scale", torch.tensor(1.0))
 
+    def gram(self) -> torch.Tensor:
+        """W_dec W_dec^T `[n_atoms, width]`, zero columns past n_atoms up to a multiple of GROUP (for the
+        two-level argmax); reused while W_dec is unchanged (inference over many batches)."""
+        atoms = self.W_dec.detach()
+        key = (atoms.data_ptr(), atoms._version, atoms.dtype, atoms.device)
+        cached = getattr(self, "_gram_cache", None)
+        if cached is None or cached[0] != key:
+            work = atoms.float() if atoms.dtype in (torch.float16, torch.bfloat16) else atoms
+            n_atoms = work.shape[0]
+            gram, width = work @ work.T, -(-n_atoms // GROUP) * GROUP
+            if width != n_atoms:
+                gram = nn.functional.pad(gram, (0, width - n_atoms))
+            cached = self._gram_cache = (key, gram)
+        return cached[1]
+
     @torch.no_grad()
     def pursue(
-        self, residual: torch.Tensor, steps: int, threshold: float = 0.0
+        self, residual: torch.Tensor, steps: int, threshold: float = 0.0, block_rows: int = 4096
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy selection: atom indices `[n, steps]` and coefficients `[n, steps]` (0 once a token is done)."""
-        atoms = self.W_dec.float()
-        scores = residual.float() @ atoms.T  # [n, n_atoms]
-        gram = atoms @ atoms.T
-        norm2 = residual.float().square().sum(-1)
-        active = torch.ones(residual.shape[0], dtype=torch.bool, device=residual.device)
-        idx = torch.zeros(residual.shape[0], steps, dtype=torch.long, device=residual.device)
-        coefs = torch.zeros(residual.shape[0], steps, device=residual.device)
-        for step in range(steps):  # a loop over pursuit steps; every token and atom is handled at once
-            if threshold > 0:
-                active &= norm2 > threshold**2
-            best, j = scores.clamp_min(0).max(dim=1)
-            best = best * active
-            idx[:, step], coefs[:, step] = j, best
-            scores -= best[:, None] * gram[j]
-            norm2 = norm2 - best.square()
+        """Greedy selection: atom indices `[n, steps]` and coefficients `[n, steps]` (0 once a token is done).
+
+        Tokens go in blocks of `block_rows`, so a block's scores `[block_rows, n_atoms]` and the Gram rows it
+        gathers stay in cache across the steps. A step is a two-level argmax (max of each group of GROUP atoms,
+        then the best group, then the atom within it: far cheaper than a flat max with indices), one gather of
+        Gram rows and one fused update (scores -= c * G[j]).
+        """
+        gram = self.gram()
+        n_atoms, width = gram.shape
+        atoms = self.W_dec.detach().to(gram.dtype)
+        residual = residual.to(gram.dtype)
+        n = residual.shape[0]
+        idx = torch.zeros(n, steps, dtype=torch.long, device=residual.device)
+        coefs = torch.zeros(n, steps, dtype=gram.dtype, device=residual.device)
+        scores = gathered = None
+        for start in range(0, n, block_rows):  # loops over blocks and steps; tokens and atoms are tensor dims
+            r = residual[start : start + block_rows]
+            rows = torch.arange(r.shape[0], device=r.device)
+            if scores is None or scores.shape[0] != r.shape[0]:
+                scores = torch.full((r.shape[0], width), -math.inf, dtype=gram.dtype, device=r.device)
+                gathered = torch.empty_like(scores)
+            if width == n_atoms:
+                torch.mm(r, atoms.T, out=scores)
+            else:
+                scores[:, :n_atoms] = r @ atoms.T  # the padding stays -inf: never chosen
+            grouped = scores.view(r.shape[0], width // GROUP, GROUP)
+            norm2 = r.square().sum(-1) if threshold > 0 else None
+            active = torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
+            for step in range(steps):
+                if norm2 is not None:
+                    active &= norm2 > threshold**2
+                best, group = grouped.amax(dim=2).max(dim=1)
+                j = group * GROUP + grouped[rows, group].argmax(dim=1)
+                best.clamp_min_(0)  # all scores <= 0: c = 0, nothing changes (codes stay >= 0)
+                if norm2 is not None:
+                    best *= active
+                idx[start : start + block_rows, step] = j
+                coefs[start : start + block_rows, step] = best
+                torch.index_select(gram, 0, j, out=gathered)
+                scores.addcmul_(gathered, best[:, None], value=-1)  # scores -= c * G[j]
+                if norm2 is not None:
+                    norm2 -= best.square()
         return idx, coefs
 
     def codes_from(self, idx: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
@@ -96,7 +206,7 @@ class MPSAEModule(nn.Module):
         idx, coefs = self.pursue(
             x * self.scale - self.b_dec, steps, self.config.residual_threshold * float(self.scale)
         )
-        return self.codes_from(idx, coefs) / self.scale
+        return self.codes_from(idx, coefs).to(x.dtype) / self.scale
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self.W_dec + self.b_dec / self.scale
@@ -104,23 +214,25 @@ class MPSAEModule(nn.Module):
     def training_loss(
         self, x: torch.Tensor, dead: torch.Tensor, l1_coeff: float
     ) -> tuple[torch.Tensor, dict]:
-        idx, _ = self.pursue(x - self.b_dec, self.config.k)
-        residual = x - self.b_dec
-        coefs = []
-        for step in range(self.config.k):  # recompute the coefficients with gradient through the chosen atoms
-            atom = self.W_dec[idx[:, step]]
-            c = (residual * atom).sum(-1).clamp_min(0)
-            residual = residual - c[:, None] * atom
-            coefs.append(c)
+        with torch.no_grad():
+            idx, coefs = self.pursue(x - self.b_dec, self.config.k)
+        residual = _PursuitResidual.apply(x - self.b_dec, self.W_dec, idx, coefs.to(x.dtype), self.gram())
         mse = residual.square().sum(-1).mean()
-        coefs = torch.stack(coefs, 1).detach()
         fired = torch.zeros(self.config.n_features, device=x.device).index_add_(
             0, idx.reshape(-1), (coefs > 0).float().reshape(-1)
         )
-        l0 = float((self.codes_from(idx, coefs) > 0).sum(1).float().mean())
-        variance = float((x - x.mean(0)).square().sum(-1).mean())
+        chosen = torch.where(coefs > 0, idx, -1).sort(dim=1).values  # distinct atoms with a positive code
+        distinct = (chosen[:, :1] >= 0).sum() + (
+            (chosen[:, 1:] != chosen[:, :-1]) & (chosen[:, 1:] >= 0)
+        ).sum()
+        variance = float(x.detach().var(0, correction=0).sum())
         value = float(mse.detach())
-        return mse, {"mse": value, "fvu": value / max(variance, 1e-12), "l0": l0, "fired": fired}
+        return mse, {
+            "mse": value,
+            "fvu": value / max(variance, 1e-12),
+            "l0": float(distinct) / x.shape[0],
+            "fired": fired,
+        }
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

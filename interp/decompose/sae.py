@@ -12,15 +12,20 @@
 | jumprelu | pre * H(pre - theta), straight-through in theta | same | l0_coeff * L0 (straight-through) |
 
 Activations are scaled to mean norm sqrt(d_in) while training (so settings transfer across sites); the scale is
-folded into the weights when training ends, so `encode` / `decode` work on raw activations. TopK-style decoders
-and the TopK encoder's backward touch only the chosen latents (`embedding_bag`), not all d_sae.
+folded into the weights when training ends, so `encode` / `decode` work on raw activations. TopK and BatchTopK
+training does one dense product (the encoder's forward, without autograd); everything after the selection touches
+only the kept (token, latent) pairs: the decoder (`embedding_bag`), its backward (a sampled dense-dense product for
+the codes, a sparse-dense product for W_dec) and the encoder's backward (sparse-dense products for W_enc, b_enc
+and b_dec). AuxK reuses the same pre-activations. Gradients equal the dense formulation's (tests/test_sae.py).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -89,36 +94,107 @@ class SAEConfig:
 
 
 # --------------------------------------------------------------------------------------------- sparse helpers
-class _TopKEncode(torch.autograd.Function):
-    """(vals, idx) = top-k of ReLU(x W + b) `[n, k]`; the backward touches only the chosen latents."""
+class Selection(NamedTuple):
+    """The (token, latent) pairs a TopK-style SAE keeps, in row-major order (latents ascending within a token).
+
+    Token `rows[i]` uses latent `cols[i]`; token b's pairs are `offsets[b] : offsets[b + 1]` (CSR layout);
+    `latent_token` is `[cols; rows]` `[2, nnz]`, the indices of the transposed pattern.
+    """
+
+    rows: torch.Tensor  # [nnz]
+    cols: torch.Tensor  # [nnz]
+    offsets: torch.Tensor  # [B + 1]
+    latent_token: torch.Tensor  # [2, nnz]
+
+
+def _selection(rows: torch.Tensor, cols: torch.Tensor, offsets: torch.Tensor) -> Selection:
+    return Selection(rows, cols, offsets, torch.stack([cols, rows]))
+
+
+def topk_selection(pre: torch.Tensor, k: int) -> Selection:
+    """The k largest latents of each row of `pre [B, d_sae]`."""
+    n_rows = pre.shape[0]
+    cols = pre.topk(k, dim=1, sorted=False).indices.sort(dim=1).values.reshape(-1)
+    rows = torch.arange(n_rows, device=pre.device).repeat_interleave(k)
+    return _selection(rows, cols, torch.arange(0, n_rows * k + 1, k, device=pre.device))
+
+
+def mask_selection(mask: torch.Tensor) -> Selection:
+    """The latents where `mask [B, d_sae]` is true."""
+    rows, cols = mask.nonzero(as_tuple=True)
+    offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.long, device=mask.device)
+    offsets[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
+    return _selection(rows, cols, offsets)
+
+
+def _rows_to_latents(
+    sel: Selection, weights: torch.Tensor, dense: torch.Tensor, n_latents: int
+) -> torch.Tensor:
+    """S^T dense `[n_latents, d]` for the sparse S `[B, n_latents]` holding `weights [nnz]` at the selection:
+    one axpy per kept pair (a COO sparse-dense product), never a dense [B, n_latents] matrix."""
+    s_t = torch.sparse_coo_tensor(
+        sel.latent_token, weights, (n_latents, dense.shape[0]), check_invariants=False
+    )
+    return torch.sparse.mm(s_t, dense)
+
+
+class _SelectedPre(torch.autograd.Function):
+    """pre[rows, cols] of pre = (x - b_dec) W_enc + b_enc, `[nnz]`, with pre `[B, d_sae]` computed once outside
+    autograd. Gradients go to b_dec, W_enc and b_enc (x is data) through the selected entries only:
+    dW_enc = (x - b_dec)^T S, db_enc = column sums of S, db_dec = -W_enc db_enc (S: the sparse gradient)."""
 
     @staticmethod
-    def forward(ctx, x, w_enc, b_enc, k: int):
-        pre = torch.addmm(b_enc, x, w_enc)
-        vals, idx = pre.topk(k, dim=1, sorted=False)
-        vals = vals.clamp_min(0)
-        ctx.save_for_backward(x, w_enc, idx, vals)
-        return vals, idx
+    def forward(ctx, centered, b_dec, w_enc, b_enc, pre, sel: Selection):
+        ctx.save_for_backward(centered, w_enc)
+        ctx.sel = sel
+        return pre[sel.rows, sel.cols]
 
     @staticmethod
-    def backward(ctx, grad_vals, _grad_idx):
-        x, w_enc, idx, vals = ctx.saved_tensors
-        grad_vals = grad_vals * (vals > 0)
-        w_t = w_enc.T.contiguous()  # [d_sae, d_in]: a latent's encoder column as a table row
-        grad_x = nn.functional.embedding_bag(idx, w_t, per_sample_weights=grad_vals, mode="sum")
-        table = w_t.detach().requires_grad_(
-            True
-        )  # same index structure as the decoder: reuse its fast backward
-        with torch.enable_grad():
-            out = nn.functional.embedding_bag(idx, table, per_sample_weights=grad_vals, mode="sum")
-            (grad_w_t,) = torch.autograd.grad(out, table, grad_outputs=x)
-        grad_b = vals.new_zeros(w_enc.shape[1]).index_add_(0, idx.reshape(-1), grad_vals.reshape(-1))
-        return grad_x, grad_w_t.T, grad_b, None
+    def backward(ctx, grad):
+        centered, w_enc = ctx.saved_tensors
+        sel = ctx.sel
+        grad = grad.to(w_enc.dtype)
+        grad_b_enc = grad.new_zeros(w_enc.shape[1]).index_add_(0, sel.cols, grad)
+        grad_b_dec = -(w_enc @ grad_b_enc) if ctx.needs_input_grad[1] else None
+        grad_w_enc = None
+        if ctx.needs_input_grad[2]:
+            grad_w_enc = _rows_to_latents(sel, grad, centered.to(w_enc.dtype), w_enc.shape[1]).T.contiguous()
+        return None, grad_b_dec, grad_w_enc, grad_b_enc, None, None
 
 
-def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
-    """sum_t vals[:, t] W_dec[idx[:, t]], `[n, d_in]`, touching only the chosen rows."""
-    return nn.functional.embedding_bag(idx, w_dec, per_sample_weights=vals, mode="sum")
+class _SparseDecode(torch.autograd.Function):
+    """sum over a token's kept pairs of vals * W_dec[col], `[B, d_in]`, touching only the kept rows of W_dec.
+    Backward: dvals = <g[row], W_dec[col]> per pair (sampled dense-dense product), dW_dec = S^T g."""
+
+    @staticmethod
+    def forward(ctx, vals, w_dec, sel: Selection):
+        vals = vals.to(w_dec.dtype)
+        ctx.save_for_backward(vals, w_dec)
+        ctx.sel = sel
+        return nn.functional.embedding_bag(
+            sel.cols, w_dec, sel.offsets[:-1], mode="sum", per_sample_weights=vals
+        )
+
+    @staticmethod
+    def backward(ctx, grad):
+        vals, w_dec = ctx.saved_tensors
+        sel = ctx.sel
+        grad = grad.contiguous().to(w_dec.dtype)
+        grad_vals = grad_w_dec = None
+        if ctx.needs_input_grad[0]:
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                pattern = torch.sparse_csr_tensor(sel.offsets, sel.cols, torch.zeros_like(vals),
+                                                  (grad.shape[0], w_dec.shape[0]))  # fmt: skip
+                grad_vals = torch.sparse.sampled_addmm(pattern, grad, w_dec.T, beta=0.0).values()
+        if ctx.needs_input_grad[1]:
+            grad_w_dec = _rows_to_latents(sel, vals, grad, w_dec.shape[0])
+        return grad_vals, grad_w_dec, None
+
+
+def sparse_decode(sel: Selection, vals: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
+    """sum_i vals[i] W_dec[cols[i]] per token, `[B, d_in]`; gradients touch only the kept latents."""
+    return _SparseDecode.apply(vals, w_dec, sel)
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -209,33 +285,20 @@ class SAEModule(nn.Module):
         MSE = mean over tokens of the squared error summed over d_in.
         """
         cfg, arch = self.config, self.config.architecture
-        centered = x - self.b_dec
         stats: dict = {}
-        if arch == "topk":
-            vals, idx = _TopKEncode.apply(centered, self.W_enc, self.b_enc, cfg.k)
-            x_hat = sparse_decode(idx, vals, self.W_dec) + self.b_dec
-            fired = torch.zeros(cfg.n_features, device=x.device).index_add_(
-                0, idx.reshape(-1), (vals > 0).reshape(-1).float()
-            )
-            stats["l0"] = float((vals > 0).sum(1).float().mean())
+        if arch in ("topk", "batchtopk"):  # sparse: the only dense product is the encoder's forward
+            with torch.no_grad():
+                data = x - self.b_dec
+                pre = self._encoder_pre(data)
+                sel = topk_selection(pre, cfg.k) if arch == "topk" else self._batch_selection(pre)
+            vals = _SelectedPre.apply(data, self.b_dec, self.W_enc, self.b_enc, pre, sel).clamp_min(0)
+            x_hat = sparse_decode(sel, vals, self.W_dec) + self.b_dec
+            fired = torch.zeros(cfg.n_features, device=x.device).index_add_(0, sel.cols, (vals > 0).float())
+            stats["l0"] = float((vals > 0).sum()) / x.shape[0]
         else:
-            pre = centered @ self.W_enc + self.b_enc
+            pre = (x - self.b_dec) @ self.W_enc + self.b_enc
             if arch == "relu":
                 codes = pre.clamp_min(0)
-            elif arch == "batchtopk":
-                # keep the k * B largest over the whole batch (under DDP: over every rank's part of it)
-                relu = pre.clamp_min(0)
-                cut = distributed.kth_largest(relu.reshape(-1), cfg.k * x.shape[0] * distributed.world_size())
-                codes = relu * (relu >= cut)
-                smallest = cut  # smallest kept (fewer than k * B positive: the smallest positive)
-                if float(cut) <= 0:  # the same on every rank
-                    positive = relu.detach().masked_fill(relu <= 0, math.inf).min()
-                    smallest = distributed.all_reduce(positive, "min").nan_to_num(posinf=0.0)
-                m = cfg.threshold_momentum
-                first = self.batch_threshold == 0
-                self.batch_threshold.copy_(
-                    torch.where(first, smallest, m * self.batch_threshold + (1 - m) * smallest).detach()
-                )
             else:  # jumprelu
                 theta = self.log_threshold.exp()
                 codes = _JumpReLU.apply(pre, theta, cfg.bandwidth)
@@ -251,21 +314,61 @@ class SAEModule(nn.Module):
             l0 = _Step.apply(pre, self.log_threshold.exp(), cfg.bandwidth).sum(-1).mean()
             loss = loss + cfg.l0_coeff * l0
         if arch in ("topk", "batchtopk") and dead.any():
-            loss = loss + cfg.aux_coeff * self._aux_loss(centered, error.detach(), dead)
-        variance = (x - x.mean(0)).square().sum(-1).mean()
+            loss = loss + cfg.aux_coeff * self._aux_loss(data, pre, error.detach(), dead)
+        variance = x.detach().var(0, correction=0).sum()  # mean over tokens of ||x - mean||^2
         mse_value = float(mse.detach())
         stats.update(
             mse=mse_value, fvu=mse_value / max(float(variance.detach()), 1e-12), fired=fired.detach()
         )
         return loss, stats
 
-    def _aux_loss(self, centered: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-        """AuxK (Gao et al.): reconstruct the residual with the top aux_k dead latents, normalized by its variance."""
+    @torch.no_grad()
+    def _encoder_pre(self, data: torch.Tensor) -> torch.Tensor:
+        """data W_enc + b_enc `[B, d_sae]` without autograd, written into a buffer kept between steps (on CPU a
+        fresh tensor of that size each step costs about as much in page faults as the top-k)."""
+        if torch.is_autocast_enabled(data.device.type):
+            return torch.addmm(self.b_enc, data, self.W_enc)
+        shape = (data.shape[0], self.W_enc.shape[1])
+        buffer = getattr(self, "_pre_buffer", None)
+        if (
+            buffer is None
+            or buffer.shape != shape
+            or buffer.dtype != data.dtype
+            or buffer.device != data.device
+        ):
+            buffer = self._pre_buffer = data.new_empty(shape)
+        return torch.addmm(self.b_enc, data, self.W_enc, out=buffer)
+
+    @torch.no_grad()
+    def _batch_selection(self, pre: torch.Tensor) -> Selection:
+        """BatchTopK: keep the k * B largest ReLU(pre) over the whole batch (under DDP: over every rank's part of
+        it); update the running inference threshold with the smallest kept activation."""
+        cfg = self.config
+        relu = pre.clamp_min(0)
+        cut = distributed.kth_largest(relu.reshape(-1), cfg.k * pre.shape[0] * distributed.world_size())
+        smallest = cut  # smallest kept (fewer than k * B positive: the smallest positive)
+        if float(cut) <= 0:  # the same on every rank
+            positive = relu.masked_fill(relu <= 0, math.inf).min()
+            smallest = distributed.all_reduce(positive, "min").nan_to_num(posinf=0.0)
+        m = cfg.threshold_momentum
+        first = self.batch_threshold == 0
+        self.batch_threshold.copy_(
+            torch.where(first, smallest, m * self.batch_threshold + (1 - m) * smallest)
+        )
+        return mask_selection((pre >= cut) & (pre > 0))
+
+    def _aux_loss(
+        self, centered: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor
+    ) -> torch.Tensor:
+        """AuxK (Gao et al.): reconstruct the residual with the top aux_k dead latents, normalized by its variance.
+        `pre` is the batch's pre-activations `[B, d_sae]` (no gradient); gradients go through the chosen entries."""
         aux_k = min(self.config.aux_k or self.d_in // 2, int(dead.sum()))
-        pre = centered @ self.W_enc + self.b_enc
-        pre = pre.masked_fill(~dead, float("-inf"))
-        vals, idx = pre.topk(aux_k, dim=1)
-        residual_hat = sparse_decode(idx, vals.clamp_min(0), self.W_dec)
+        with torch.no_grad():
+            dead_latents = dead.nonzero()[:, 0]  # ascending, so the chosen latents stay sorted per token
+            local = topk_selection(pre.index_select(1, dead_latents), aux_k)
+            sel = _selection(local.rows, dead_latents[local.cols], local.offsets)
+        vals = _SelectedPre.apply(centered, self.b_dec, self.W_enc, self.b_enc, pre, sel).clamp_min(0)
+        residual_hat = sparse_decode(sel, vals, self.W_dec)
         variance = distributed.batch_variance(residual)  # of the global batch under DDP
         return (residual - residual_hat).square().sum(-1).mean() / variance.clamp_min(1e-12)
 

