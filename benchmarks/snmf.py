@@ -1,15 +1,18 @@
-"""SNMF speed and error vs overcomplete's SemiNMF, measured in the same run.
+"""SNMF speed and error vs overcomplete's SemiNMF and the paper's official code, measured in the same run.
 
-    python benchmarks/snmf.py --peer-python /tmp/venv-oc/bin/python            # planted data only
-    python benchmarks/snmf.py --peer-python ... --store cache/activations/gemma-3-270m/bbc/9.mlp_hidden
+    python benchmarks/snmf.py --peer-python /tmp/venv-oc/bin/python --official /tmp/snmf-official/seminmf.py \
+        --store cache/activations/gemma-3-270m/bbc/9.mlp_hidden --n-tokens 30000 --max-iter 50 --threads 1
 
-The peer runs in its own virtual environment (`python -m venv /tmp/venv-oc && /tmp/venv-oc/bin/pip install
-torch==2.13.0 overcomplete 'matplotlib<3.9'`), given the same data through a temporary file (a stub stands in for torchvision, which overcomplete's package imports
-for its vision wrappers and which cannot load beside the CPU torch wheel; SemiNMF does not use it). Rows:
-- interp SNMF as the paper specifies it (1% of neurons per feature; SVD init; stops by patience),
+overcomplete runs in its own virtual environment (`python -m venv /tmp/venv-oc && /tmp/venv-oc/bin/pip install
+torch==2.13.0 overcomplete 'matplotlib<3.9'`), given the same data through a temporary file (a stub stands in for
+torchvision, which overcomplete's package imports for its vision wrappers and which cannot load beside the CPU torch
+wheel; SemiNMF does not use it). The official code (`factorization/seminmf.py` of
+github.com/ordavid-s/snmf-mlp-decomposition; it needs only torch) runs in this interpreter. Rows:
+- interp SNMF as the paper specifies it (1% of neurons per feature; SVD init),
+- interp SNMF with random init: the problem and init of the official code,
 - interp with sparsity 1.0 and random init: plain semi-NMF, the same problem overcomplete solves,
-- overcomplete SemiNMF (multiplicative updates, random init),
-- interp SNMF streamed out of core from a store (same data, G memory-mapped): the in-memory vs out-of-core ratio.
+- interp SNMF streamed out of core from a store (same data, G memory-mapped): the in-memory vs out-of-core ratio,
+- the peers. All run the same number of iterations (no early stop), timed apart from their initialization.
 Relative error = ||A - F G^T||^2 / ||A||^2. With --store, the top tokens of 10 features of the real fit are printed.
 """
 
@@ -48,6 +51,27 @@ error = float((x - z @ d).square().sum() / x.square().sum())
 print(json.dumps({"seconds": seconds, "cpu": cpu, "iterations": iters, "rel_error": error}))
 """
 
+OFFICIAL = r"""
+import json, os, sys, time, torch
+# the paper's official implementation (ordavid-s/snmf-mlp-decomposition, factorization/seminmf.py), run as it is:
+# random init, 1% of neurons per feature, its full-residual loss every iteration; patience = max_iter so that the
+# number of iterations matches interp's
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[5])))
+os.chdir(os.path.dirname(sys.argv[1]))  # it appends to training_summary.log in the working directory
+from seminmf import NMFSemiNMF
+torch.manual_seed(0)
+torch.set_num_threads(int(sys.argv[4]))
+x = torch.load(sys.argv[1], weights_only=True)
+iters = int(sys.argv[2])
+a = x.T.contiguous()  # its layout: A [d_mlp, n_tokens]
+model = NMFSemiNMF(int(sys.argv[3]), sparsity=0.01)
+start, cpu = time.perf_counter(), time.process_time()
+model.fit(a, max_iter=iters, patience=iters, verbose=False, init="random")
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+error = float((a - model.F_ @ model.G_.T).square().sum() / a.square().sum())
+print(json.dumps({"seconds": seconds, "cpu": cpu, "iterations": iters, "rel_error": error}))
+"""
+
 
 def planted(d: int, n: int, k: int, noise: float = 0.01, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
@@ -74,17 +98,18 @@ def interp_row(name: str, data, k: int, max_iter: int, **config) -> dict:
             "rel_error": state.best_loss, "stop": state.stop_reason, "model": snmf}  # fmt: skip
 
 
-def peer_row(python: str, x: torch.Tensor, k: int, iterations: int) -> dict:
+def peer_row(
+    name: str, python: str, script: str, x: torch.Tensor, k: int, iterations: int, *extra: str
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.pt"
         torch.save(x, path)
-        out = subprocess.run([python, "-c", PEER, str(path), str(iterations), str(k), str(torch.get_num_threads())],
-                             capture_output=True, text=True,
+        args = [str(path), str(iterations), str(k), str(torch.get_num_threads()), *extra]
+        out = subprocess.run([python, "-c", script, *args], capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()[-1]  # fmt: skip
     row = json.loads(out)
-    return {"name": "overcomplete SemiNMF (random init)", "per_iter": row["seconds"] / iterations,
-            "cpu_per_iter": row["cpu"] / iterations, "stop": "max_iter",
-            **row}  # fmt: skip
+    return {"name": name, "per_iter": row["seconds"] / iterations, "cpu_per_iter": row["cpu"] / iterations,
+            "stop": "max_iter", **row}  # fmt: skip
 
 
 def store_from(x: torch.Tensor, path: Path, rows: int = 4096):
@@ -99,25 +124,28 @@ def store_from(x: torch.Tensor, path: Path, rows: int = 4096):
     return store
 
 
-def table(title: str, rows: list[dict], peer: dict | None) -> None:
+def table(title: str, rows: list[dict], peers: list[dict]) -> None:
     """Setup (initialization; interp's SVD init included), then wall and CPU seconds (all threads) per iteration,
-    iterations only; the CPU-time ratio is the fairer one on a machine shared with other work."""
+    iterations only; speed ratios vs each peer by CPU time (the fairer one on a machine shared with other work) and
+    by wall time."""
     print(f"\n{title}")
-    print(f"{'method':<52}{'setup s':>8}{'s/iter':>9}{'cpu s/iter':>11}{'iters':>7}{'rel err':>10}{'stop':>10}"
-          f"{'vs peer (wall)':>16}{'vs peer (cpu)':>15}")  # fmt: skip
+    ratios = "".join(f"{'vs ' + p['short'] + ' cpu|wall':>26}" for p in peers)
+    print(
+        f"{'method':<52}{'setup s':>8}{'s/iter':>9}{'cpu s/iter':>11}{'iters':>7}{'rel err':>10}{'stop':>10}{ratios}"
+    )
     for row in rows:
-        wall = f"{peer['per_iter'] / row['per_iter']:.2f}x" if peer else "-"
-        cpu = f"{peer['cpu_per_iter'] / row['cpu_per_iter']:.2f}x" if peer else "-"
         setup = f"{row['setup']:.1f}" if "setup" in row else "-"
+        ratios = "".join(f"{p['cpu_per_iter'] / row['cpu_per_iter']:>19.2f}x|{p['per_iter'] / row['per_iter']:.2f}x"
+                         for p in peers)  # fmt: skip
         print(f"{row['name']:<52}{setup:>8}{row['per_iter']:>9.4f}{row['cpu_per_iter']:>11.4f}{row['iterations']:>7}"
-              f"{row['rel_error']:>10.4f}{row['stop']:>10}{wall:>16}{cpu:>15}")  # fmt: skip
+              f"{row['rel_error']:>10.4f}{row['stop']:>10}{ratios}")  # fmt: skip
 
 
-def run(
-    x: torch.Tensor, k: int, max_iter: int, peer_python: str | None, title: str, out_of_core: bool
-) -> dict:
+def run(x: torch.Tensor, k: int, max_iter: int, peer_python: str | None, official: Path | None, title: str,
+        out_of_core: bool) -> dict:  # fmt: skip
     rows = [
         interp_row("interp SNMF, paper settings (1% neurons, svd init)", x, k, max_iter),
+        interp_row("interp SNMF, 1% neurons, random init", x, k, max_iter, init="random", patience=max_iter),
         interp_row(
             "interp semi-NMF (sparsity 1.0, random init)",
             x,
@@ -128,16 +156,22 @@ def run(
             patience=max_iter,
         ),  # fmt: skip
     ]
-    peer = peer_row(peer_python, x, k, max_iter) if peer_python else None
+    peers = []
+    if peer_python:
+        peers.append(peer_row("overcomplete SemiNMF (random init)", peer_python, PEER, x, k, max_iter)
+                     | {"short": "overcomplete"})  # fmt: skip
+    if official:
+        peers.append(peer_row("official SNMF code (1% neurons, random init)", sys.executable, OFFICIAL, x, k,
+                              max_iter, str(official)) | {"short": "official"})  # fmt: skip
     if out_of_core:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(interp_row("interp SNMF, out of core (store, G memory-mapped)", store_from(x, Path(tmp) / "s"),
                                    k, max_iter, stream=True))  # fmt: skip
-    table(title, rows + ([peer] if peer else []), peer)
+    table(title, rows + peers, peers)
     if out_of_core:
         print(
-            f"in-memory vs out-of-core time per iteration: {rows[2]['per_iter'] / rows[0]['per_iter']:.2f}x wall, "
-            f"{rows[2]['cpu_per_iter'] / rows[0]['cpu_per_iter']:.2f}x cpu"
+            f"in-memory vs out-of-core time per iteration: {rows[-1]['per_iter'] / rows[0]['per_iter']:.2f}x wall, "
+            f"{rows[-1]['cpu_per_iter'] / rows[0]['cpu_per_iter']:.2f}x cpu"
         )
     return rows[0]
 
@@ -170,6 +204,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--peer-python", default=None, help="python of a venv with overcomplete installed")
+    parser.add_argument("--official", type=Path, default=None, help="factorization/seminmf.py of the paper's "
+                        "official code (github.com/ordavid-s/snmf-mlp-decomposition), run as a second peer")  # fmt: skip
     parser.add_argument("--store", type=Path, default=None, help="a store of real mlp_hidden activations")
     parser.add_argument("--n-tokens", type=int, default=50_000, help="tokens of the store to use")
     parser.add_argument("--max-iter", type=int, default=200)
@@ -183,13 +219,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     if not args.no_planted:
-        run(planted(1024, 20_000, args.k), args.k, args.max_iter, args.peer_python,
+        run(planted(1024, 20_000, args.k), args.k, args.max_iter, args.peer_python, args.official,
             "Planted data: d_mlp 1024, 20,000 tokens, k " + str(args.k), out_of_core=True)  # fmt: skip
     if args.store is not None:
         from interp.store import ActivationStore
 
         x = ActivationStore.open(args.store).load_all()[: args.n_tokens]
-        best = run(x, args.k, args.max_iter, args.peer_python,
+        best = run(x, args.k, args.max_iter, args.peer_python, args.official,
                    f"Real activations: {args.store} ({x.shape[0]:,} tokens, d {x.shape[1]}), k {args.k}",
                    out_of_core=False)  # fmt: skip
         top_tokens(args.store, best["model"])
