@@ -2,7 +2,8 @@
 
     python notebooks/run.py                                  # all notebooks, their own parameters (real model)
     python notebooks/run.py 01_quickstart -p n_tokens 5000   # one notebook, a parameter changed
-    python notebooks/run.py --tiny --cache /tmp/nbcache      # the tiny model and sizes the tests use
+    python notebooks/run.py --preset ci                      # the real model at CI's sizes (a few minutes each)
+    python notebooks/run.py --preset tiny --cache /tmp/nbc   # the tiny model and sizes the tests use
     python notebooks/run.py --strip                          # clear outputs of notebooks/*.ipynb before a commit
 
 Executed copies go to `--out` (default cache/notebooks/executed/, git-ignored), never back into notebooks/.
@@ -52,6 +53,32 @@ TINY: dict[str, dict] = {
     },
 }
 
+# CI's real-model stage: the default model with modest sizes (03 reuses the SNMF fit of 01: same settings).
+_CI_COMMON = {"n_tokens": 10_000}
+CI: dict[str, dict] = {
+    "01_quickstart": {**_CI_COMMON, "n_features": 64, "max_iter": 100},
+    "02_feature_discovery": {
+        **_CI_COMMON,
+        "hierarchy": [64, 16, 4],
+        "snmf_iter": 100,
+        "sae_features": 1024,
+        "sae_k": 16,
+        "sae_steps": 60,
+        "batch_size": 1024,
+        "n_splice_contexts": 4,
+    },
+    "03_causal_tests": {
+        **_CI_COMMON,
+        "n_features": 64,
+        "max_iter": 100,
+        "per_concept": 16,
+        "strengths": [1.0, 2.0, 4.0],
+        "n_samples": 1,
+        "max_new_tokens": 8,
+    },
+}
+PRESETS = {"tiny": TINY, "ci": CI}
+
 
 def notebook_path(name: str) -> Path:
     path = NOTEBOOKS / (name if name.endswith(".ipynb") else f"{name}.ipynb")
@@ -73,8 +100,9 @@ def install_kernel(folder: Path) -> str:
     return KERNEL
 
 
-def run_notebook(name: str, out_dir: Path, parameters: dict | None = None, timeout: int = 1200) -> Path:
-    """Execute notebook `name` with `parameters` into `out_dir/<name>.ipynb` (raises on a failing cell)."""
+def run_notebook(name: str, out_dir: Path, parameters: dict | None = None, timeout: int = 3600) -> Path:
+    """Execute notebook `name` with `parameters` into `out_dir/<name>.ipynb` (raises on a failing cell, or on one
+    running longer than `timeout` seconds)."""
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"notebooks to run (default: {' '.join(NAMES)})")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter (a Python literal or a string), for every notebook run")  # fmt: skip
-    parser.add_argument("--tiny", action="store_true", help="the tiny model and sizes of the tests")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), help="tiny: the tests' model and sizes; ci: CI's"
+    )
     parser.add_argument("--cache", help="interp cache for the runs (default: interp's, ./cache)")
     parser.add_argument(
         "--out", default=str(ROOT / "cache" / "notebooks" / "executed"), help="executed copies"
@@ -140,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed, total = [], time.perf_counter()
     for name in args.names or NAMES:
-        params = dict(TINY.get(name, {})) if args.tiny else {}
+        params = dict(PRESETS[args.preset].get(name, {})) if args.preset else {}
         if args.cache:
             params["cache"] = str(Path(args.cache).resolve())
         params |= {key: _value(value) for key, value in args.param}

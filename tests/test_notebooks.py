@@ -47,8 +47,11 @@ def test_committed_notebooks_are_clean_and_parametrized():
         assert "papermill" not in nb.metadata and "widgets" not in nb.metadata
         params = parameters_cell(nb)
         assert params["model"] == "gemma-3-270m"  # the default model, out of the box
-        unknown = set(runner.TINY[path.stem]) - set(params)
-        assert not unknown, f"the tests pass parameters {unknown} that {path.name} does not define"
+        for preset, sizes in runner.PRESETS.items():
+            unknown = set(sizes[path.stem]) - set(params)
+            assert not unknown, (
+                f"preset {preset} passes parameters {unknown} that {path.name} does not define"
+            )
 
 
 def test_strip_clears_an_executed_copy(tmp_path):
