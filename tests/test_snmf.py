@@ -156,11 +156,11 @@ def test_killed_fit_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch
     full = SNMF(config).fit(x, progress=False)
     real, calls = snmf_module.multiplicative_update, {"n": 0}
 
-    def dying(*args):
+    def dying(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 25:  # killed during iteration 25, after the checkpoint of iteration 20
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(snmf_module, "multiplicative_update", dying)
     with pytest.raises(KeyboardInterrupt):

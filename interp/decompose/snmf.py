@@ -199,14 +199,17 @@ def project(x: torch.Tensor, f_dense: torch.Tensor, f_sparse: torch.Tensor | Non
     """P = A^T F `[n, k]` for tokens x `[n, d]`. When x is a view of a neuron-major tensor, the sparse product
     F^T A costs n k m instead of n k d (m = neurons kept per feature, 1% of d); else a dense product."""
     if f_sparse is not None and x.T.is_contiguous():
-        return torch.sparse.mm(f_sparse, x.T).T
+        return torch.sparse.mm(f_sparse, x.T).T.contiguous()  # [n, k] rows: the G update runs faster on them
     return x @ f_dense
 
 
-def multiplicative_update(g: torch.Tensor, p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
-    """One Ding-Li-Jordan semi-NMF update of G `[n, k]` given P = A^T F `[n, k]` and Q = F^T F `[k, k]`."""
-    numerator = torch.addmm(p.clamp_min(0), g, (-q).clamp_min(0))  # P+ + G Q-
-    denominator = torch.addmm((eps - p).clamp_min_(eps), g, q.clamp_min(0))  # P- + eps + G Q+
+def multiplicative_update(
+    g: torch.Tensor, p: torch.Tensor, q: torch.Tensor, eps: float, overwrite_p: bool = False
+) -> torch.Tensor:
+    """One Ding-Li-Jordan semi-NMF update of G `[n, k]` given P = A^T F `[n, k]` and Q = F^T F `[k, k]`.
+    `overwrite_p`: P's memory holds the numerator (one allocation fewer when P is not needed afterwards)."""
+    denominator = (eps - p).clamp_min_(eps).addmm_(g, q.clamp_min(0))  # P- + eps + G Q+
+    numerator = (p if overwrite_p else p.clone()).clamp_min_(0).addmm_(g, (-q).clamp_min(0))  # P+ + G Q-
     return numerator.div_(denominator).sqrt_().mul_(g)  # in place on the temporaries: few passes over [n, k]
 
 
@@ -387,10 +390,10 @@ class SNMF:
             for start, end, x in stream.chunks():
                 g_chunk = g[start:end].to(device) / g_norms
                 p = project(x, f_dense, f_sparse)  # P = A^T F for these tokens
-                g_chunk = multiplicative_update(g_chunk, p, q, cfg.eps)
+                g_chunk = multiplicative_update(g_chunk, p, q, cfg.eps, overwrite_p=True)
                 g[start:end] = g_chunk
-                ag += x.T @ g_chunk
-                gtg += g_chunk.T @ g_chunk
+                ag.addmm_(x.T, g_chunk)
+                gtg.addmm_(g_chunk.T, g_chunk)
             self._reduce(ag)
             self._reduce(gtg)
             cross = float((f_dense.double() * ag.double()).sum())  # <P, G> = <A^T F, G> = <F, A G>
