@@ -116,6 +116,7 @@ def run_notebook(name: str, out_dir: Path, parameters: dict | None = None, timeo
         cwd=str(ROOT),
         progress_bar=False,
         execution_timeout=timeout,
+        start_timeout=300,  # a loaded machine can take a while to start a kernel
     )
     return target
 
