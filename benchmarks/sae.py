@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -174,11 +175,15 @@ def planted(n: int, d: int = 640, atoms: int = 4096, active: int = 32, seed: int
 
 
 def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps: int, slow_steps: int,
-            lr: float) -> None:  # fmt: skip
+            lr: float, rounds: int = 1, families: tuple[str, ...] = ("topk", "mpsae")) -> None:  # fmt: skip
+    """Train every method on the same rows, `rounds` times (odd rounds in reverse order), and print one table:
+    median rows/s, held-out FVU (first round) and the median over rounds of interp's rows/s over the method's."""
     x = x * (x.shape[1] ** 0.5 / x.norm(dim=1).mean())  # mean norm sqrt(d_in), for every method alike
     held = x[-8192:]
     train = x[:-8192]
-    results = []
+    runs: dict[str, list[dict]] = {}
+    print(f"\n{title}: train {train.shape[0]:,} rows, held-out {held.shape[0]:,}; d_in {x.shape[1]}, {D_SAE} latents, "
+          f"k {K}, batch {BATCH}, lr {lr}, {rounds} round(s)", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "data.pt"
         torch.save({"train": train.contiguous(), "held": held.contiguous()}, data_path)
@@ -187,31 +192,39 @@ def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps
                 ("saelens_topk", pythons["saelens"]), ("dictlearn_topk", pythons["dictionary_learning"]),
                 ("dense_topk", sys.executable), ("saelens_mpsae", pythons["saelens"]),
                 ("interp_mpsae", sys.executable), ("overcomplete_mpsae", pythons["overcomplete"])]  # fmt: skip
-        for name, python in plan:
-            if python is None:
-                continue
-            out = Path(tmp) / f"{name}.json"
-            # the two slow MP-SAEs (SAELens ~8 s a step, overcomplete ~45 s on 2 cores) run fewer steps
-            steps = slow_steps if name in ("saelens_mpsae", "overcomplete_mpsae") else n_steps
-            proc = subprocess.run([python, __file__, "--worker", name, "--data", str(data_path), "--steps", str(steps),
-                                   "--lr", str(lr), "--out", str(out)], capture_output=True, text=True)  # fmt: skip
-            if proc.returncode != 0:
-                print(
-                    f"{name} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}"
-                )
-                continue
-            row = json.loads(out.read_text())
-            row["steps"] = steps
-            results.append(row)
-    print(f"\n{title}: train {train.shape[0]:,} rows, held-out {held.shape[0]:,}; d_in {x.shape[1]}, {D_SAE} latents, "
-          f"k {K}, batch {BATCH}, lr {lr}")  # fmt: skip
+        plan = [(name, python) for name, python in plan if python is not None and name.endswith(families)]
+        for round_ in range(rounds):
+            for name, python in plan if round_ % 2 == 0 else plan[::-1]:
+                out = Path(tmp) / f"{name}.json"
+                # the two slow MP-SAEs (SAELens ~8 s a step, overcomplete ~45 s on 2 cores) run fewer steps
+                steps = slow_steps if name in ("saelens_mpsae", "overcomplete_mpsae") else n_steps
+                proc = subprocess.run([python, __file__, "--worker", name, "--data", str(data_path), "--steps",
+                                       str(steps), "--lr", str(lr), "--out", str(out)], capture_output=True,
+                                      text=True)  # fmt: skip
+                if proc.returncode != 0:
+                    print(
+                        f"{name} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}"
+                    )
+                    continue
+                row = json.loads(out.read_text())
+                row["steps"] = steps
+                runs.setdefault(name, []).append(row)
+                print(f"  round {round_ + 1}: {name:<20}{row['rows_per_s']:>10,.0f} rows/s  FVU {row['fvu']:.4f}",
+                      flush=True)  # fmt: skip
     print(f"{'method':<22}{'steps':>6}{'rows/s':>10}{'held-out FVU':>14}{'interp speed / this':>21}")
-    for family in ("topk", "mpsae"):
-        rows = [r for r in results if r["name"].endswith(family)]
-        ours = next((r["rows_per_s"] for r in rows if r["name"].startswith("interp")), None)
-        for r in rows:
-            ratio = f"{ours / r['rows_per_s']:.2f}x" if ours and not r["name"].startswith("interp") else "-"
-            print(f"{r['name']:<22}{r['steps']:>6}{r['rows_per_s']:>10,.0f}{r['fvu']:>14.4f}{ratio:>21}")
+    for family in families:
+        names = [name for name in runs if name.endswith(family)]
+        ours = runs.get(f"interp_{family}", [])
+        for name in names:
+            rates = [r["rows_per_s"] for r in runs[name]]
+            ratio = "-"
+            if ours and not name.startswith("interp"):
+                pairs = [a["rows_per_s"] / b for a, b in zip(ours, rates, strict=False)]
+                ratio = f"{statistics.median(pairs):.2f}x"
+            first = runs[name][0]
+            print(
+                f"{name:<22}{first['steps']:>6}{statistics.median(rates):>10,.0f}{first['fvu']:>14.4f}{ratio:>21}"
+            )
 
 
 def main() -> None:
@@ -231,6 +244,8 @@ def main() -> None:
     )
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--skip-planted", action="store_true", help="only the --store run")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every run (alternating order); medians")
+    parser.add_argument("--families", default="topk,mpsae", help="topk, mpsae or both")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -241,11 +256,12 @@ def main() -> None:
         return
     pythons = {"saelens": args.saelens, "sparsify": args.sparsify, "overcomplete": args.overcomplete,
                "dictionary_learning": args.dictionary_learning}  # fmt: skip
+    families = tuple(args.families.split(","))
     print(f"torch threads: {torch.get_num_threads()}")
     n_rows = args.steps * BATCH + 8192
     if not args.skip_planted:
         run_all(planted(n_rows), "Planted dictionary (4096 unit atoms, 32 active)", pythons, args.steps,
-                args.slow_steps, args.lr)  # fmt: skip
+                args.slow_steps, args.lr, args.rounds, families)  # fmt: skip
     if args.store is not None:
         from interp.store import ActivationStore
 
@@ -253,7 +269,7 @@ def main() -> None:
         x = store.load_all()[:n_rows]
         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))]
         run_all(x, f"Real activations {store.manifest.model} {store.site}", pythons, args.steps, args.slow_steps,
-                args.lr)  # fmt: skip
+                args.lr, args.rounds, families)  # fmt: skip
 
 
 if __name__ == "__main__":
