@@ -36,7 +36,13 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from interp import distributed
-from interp.decompose.base import DecomposerError, check_activations, read_decomposer, save_decomposer
+from interp.decompose.base import (
+    DecomposerError,
+    all_finite,
+    check_activations,
+    read_decomposer,
+    save_decomposer,
+)
 from interp.device import resolve_device
 from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
 
@@ -118,20 +124,19 @@ class _Data:
             check_activations(data)
             self.store = None
             sizes = [min(chunk_tokens, data.shape[0] - i) for i in range(0, data.shape[0], chunk_tokens)]
-            # neuron-major copies [d, n_chunk], made once: the sparse product F^T A reads whole neuron rows
-            self.neuron_major = [data[i : i + size].T.float().contiguous() for i, size in
-                                 zip(np.cumsum([0, *sizes[:-1]]).tolist(), sizes, strict=True)]  # fmt: skip
             self.d = data.shape[1]
         offsets = np.cumsum([0, *sizes])
         self.ranges = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
         self.n = int(offsets[-1])
+        if self.store is None:  # neuron-major copies [d, n_chunk], made once: F^T A reads whole neuron rows
+            self.neuron_major = [data[start:end].T.float().contiguous() for start, end in self.ranges]
 
     def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, end, x `[end - start, d]`); an in-memory chunk is the transposed view of its neuron-major copy."""
         for index, (start, end) in enumerate(self.ranges):
             if self.store is not None:
                 x = self.store.load_shard(self.shard_ids[index])["acts"].to(self.device, torch.float32)
-                if not torch.isfinite(x).all():
+                if not all_finite(x):
                     raise DecomposerError(f"shard {index} of {self.store.path} holds NaN or inf")
             else:
                 x = self.neuron_major[index].to(self.device).T
