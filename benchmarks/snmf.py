@@ -9,6 +9,8 @@ torchvision, which overcomplete's package imports for its vision wrappers and wh
 wheel; SemiNMF does not use it). The official code (`factorization/seminmf.py` of
 github.com/ordavid-s/snmf-mlp-decomposition; it needs only torch) runs in this interpreter. Rows:
 - interp SNMF as the paper specifies it (1% of neurons per feature; SVD init),
+- the same with `fast_matmul=False` (every product in strict float32 through MKL; the default lets oneDNN run A G
+  and the G update's Q G^T, see SNMFConfig.fast_matmul),
 - interp SNMF with random init: the problem and init of the official code,
 - interp with sparsity 1.0 and random init: plain semi-NMF, the same problem overcomplete solves,
 - interp SNMF streamed out of core from a store (same data, G memory-mapped): the in-memory vs out-of-core ratio,
@@ -145,6 +147,7 @@ def run(x: torch.Tensor, k: int, max_iter: int, peer_python: str | None, officia
         out_of_core: bool) -> dict:  # fmt: skip
     rows = [
         interp_row("interp SNMF, paper settings (1% neurons, svd init)", x, k, max_iter),
+        interp_row("interp SNMF, paper settings, strict float32 matmuls", x, k, max_iter, fast_matmul=False),
         interp_row("interp SNMF, 1% neurons, random init", x, k, max_iter, init="random", patience=max_iter),
         interp_row(
             "interp semi-NMF (sparsity 1.0, random init)",
@@ -186,7 +189,7 @@ def top_tokens(store_path: Path, snmf, n_features: int = 10, top: int = 8) -> No
     meta = store.tokens()
     contexts = Contexts.load(store_path.parent / "contexts.safetensors")
     tokenizer = load_model(store.manifest.model, device="cpu").tokenizer
-    codes = snmf.g_best.data
+    codes = snmf.g_best
     print(f"\nTop tokens of {n_features} SNMF features ({store.manifest.model}, {store.site}):")
     for feature in range(n_features):
         rows = codes[:, feature].topk(top).indices

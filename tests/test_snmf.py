@@ -89,12 +89,12 @@ def test_winner_take_all_breaks_ties_to_exactly_m():
 
 def test_codes_nonnegative_and_best_iterate_returned(data, fitted):
     x, _ = data
-    assert (fitted.g_best.data >= 0).all()
+    assert (fitted.g_best >= 0).all()
     losses = fitted.state.losses
     assert fitted.state.best_loss == min(losses) == losses[fitted.state.best_iteration - 1]
     # the returned F with the returned G reproduces the best loss. The loss comes from products already formed
     # (||A||^2 - 2 <P, G> + <Q, G^T G>), whose float32 sums carry an error of a few float32 epsilons of ||A||^2.
-    g = fitted.g_best.data.double()
+    g = fitted.g_best.double()
     error = (x.double() - g @ fitted.f.T.double()).square().sum() / x.double().square().sum()
     assert abs(float(error) - fitted.state.best_loss) < 20 * torch.finfo(torch.float32).eps
     assert fitted.state.stop_reason in ("patience", "max_iter")
@@ -104,14 +104,27 @@ def test_multiplicative_update_never_increases_the_g_objective():
     """With F fixed, the Ding-Li-Jordan rule is monotone: ||A - F G^T|| does not grow (their Theorem)."""
     x, _ = planted(seed=2)
     f = torch.randn(512, 16)
-    q, p = f.T @ f, x @ f
-    g = torch.rand(x.shape[0], 16)
+    q, p = f.T @ f, f.T @ x.T  # feature-major: P^T [k, n]
+    g = torch.rand(16, x.shape[0])
     errors = []
     for _ in range(20):
         g = multiplicative_update(g, p, q, 1e-9)
-        errors.append(float((x - g @ f.T).square().sum()))
+        errors.append(float((x - g.T @ f.T).square().sum()))
         assert (g >= 0).all()
     assert all(b <= a * (1 + 1e-5) for a, b in zip(errors, errors[1:], strict=False))
+
+
+def test_fast_matmul_fits_as_strict_float32_and_restores_the_precision(data):
+    """fast_matmul runs only A G at precision "medium" (oneDNN on CPU, TF32 on GPU): float rounding, the same fit;
+    the loss does not use that product, and torch's global setting is left as it was."""
+    x, _ = data
+    config = SNMFConfig(n_features=16, max_iter=40, patience=40)
+    strict = SNMF(SNMFConfig(**{**config.__dict__, "fast_matmul": False})).fit(x, progress=False)
+    before = torch.get_float32_matmul_precision()
+    fast = SNMF(config).fit(x, progress=False)
+    assert torch.get_float32_matmul_precision() == before
+    assert fast.state.best_loss == pytest.approx(strict.state.best_loss, rel=1e-3)
+    assert recovery(fast.f, strict.f) >= 0.999  # each strict feature has its twin in the fast fit
 
 
 def make_store(path, x: torch.Tensor, rows: int = 700) -> ActivationStore:
@@ -146,6 +159,15 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path, data, on_disk):
     resumed = SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)  # continues from iteration 20
     assert resumed.state.iteration == 30
     assert torch.allclose(resumed.f, full.f, atol=1e-5 * full.f.abs().max())
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_checkpoint_of_other_data_is_refused(tmp_path, data, on_disk):
+    x, _ = data
+    config = SNMFConfig(n_features=16, max_iter=10, checkpoint_every=5, g_on_disk=on_disk)
+    SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(DecomposerError, match="delete the checkpoint folder"):
+        SNMF(config).fit(x[:-100], checkpoint_dir=tmp_path, progress=False)
 
 
 def test_killed_fit_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch):

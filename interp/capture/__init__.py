@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from interp import distributed
 from interp.corpus import Contexts
+from interp.decompose.base import all_finite
 from interp.models import LoadedModel
 from interp.sites import Site, parse_sites
 from interp.store import DTYPES, ActivationStore, StoreManifest, merge_rank_stores
@@ -158,7 +159,7 @@ def capture(
         mask = keep_mask(contexts, start, end, drop_bos)[:, :length]
         for site in site_list:
             kept = acts[site][mask.to(acts[site].device)]
-            if not torch.isfinite(kept).all():
+            if not all_finite(kept):
                 raise CaptureError(
                     f"NaN or inf in activations at site {site.name}, batch of contexts {start}..{end - 1}; "
                     "the stores keep everything before this batch. Load the model in float32, or check its weights."
