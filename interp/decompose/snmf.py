@@ -61,8 +61,9 @@ class SNMFConfig:
     """svd (Ding et al.; the default: on planted data random starts stall in local minima) | random (seeded:
     G uniform in [0, 1), as the official code) | kmeans."""
     svd_power_iters: int = 4
-    """SVD init: passes of randomized subspace iteration for the top-k singular vectors of A (0: the exact Gram
-    matrix A A^T and its full eigendecomposition, d^3 work: minutes for a 14k-wide MLP)."""
+    """SVD init: power iterations of the randomized subspace iteration that finds the top-k singular vectors of A
+    (one pass over the tokens each, plus one); 0: the exact Gram matrix A A^T and its full eigendecomposition
+    (d^3 work: minutes for a 14k-wide MLP)."""
     max_iter: int = 500
     """Iteration limit (official code default 500)."""
     patience: int = 100
