@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from interp import __version__, distributed
 from interp.device import resolve_device
-from interp.features_stream import BandPass, TopPass, context_batches
+from interp.features_resume import IndexCheckpoint, fingerprint
+from interp.features_stream import BandPass, TopPass, context_batches, prefixed, unprefixed
 from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
 
 INDEX_DIR = "index"
@@ -84,6 +85,8 @@ class IndexConfig:
     """Index only the first tokens of the store (whole contexts); None: all."""
     device: str = "auto"
     seed: int = 0
+    checkpoint_every: int = 100
+    """Batches between checkpoints of a single-process build, which an interrupted build resumes from (0: none)."""
 
     def __post_init__(self) -> None:
         q = self.band_quantiles
@@ -239,27 +242,52 @@ def build_index(
     total = sum(s.n_tokens for s in store.manifest.shards[shards.start : shards.stop])
     total = min(total, config.max_tokens or total)
 
-    def batches(desc: str):
+    def batches(desc: str, done: int):
+        """(batch, x, codes) of the store's batches after the first `done` rows (those a resumed pass has)."""
         bar = tqdm(total=total, desc=desc, unit="tok", disable=not progress or rank != 0, leave=False)
         for batch in context_batches(store, batch_tokens, config.max_tokens, shards):
+            if batch.start < done:
+                bar.update(batch.acts.shape[0])
+                continue
             x = batch.acts.to(device, torch.float32)
             codes = decomposer.encode(x).detach().float().to(device)
             yield batch, x, codes
             bar.update(x.shape[0])
         bar.close()
 
+    checkpoint = None  # single process only: a distributed build's passes end in collectives
+    if config.checkpoint_every > 0 and distributed.world_size() == 1:
+        settings = dataclasses.asdict(config)
+        checkpoint = IndexCheckpoint(out, fingerprint(directions, store.path, store.n_tokens, settings),
+                                     config.checkpoint_every)  # fmt: skip
+    saved = checkpoint.load() if checkpoint is not None else None
+    phase, done = (saved.phase, saved.rows) if saved is not None else (1, 0)
     with torch.no_grad():
         first = TopPass(k, config.top_k, config.window, device)
-        for batch, x, codes in batches("index: top examples"):
-            first.update(batch, x, codes)
+        if saved is not None:
+            first.load_state(unprefixed("first.", saved.tensors))
+        if phase == 1:
+            for batch, x, codes in batches("index: top examples", done):
+                first.update(batch, x, codes)
+                if checkpoint is not None:
+                    end = batch.start + x.shape[0]
+                    checkpoint.step(1, end, lambda: prefixed("first.", first.state()))
+            if checkpoint is not None:
+                checkpoint.save(2, 0, prefixed("first.", first.state()))
+            phase, done = 2, 0
         max_value = distributed.all_reduce(first.top.values.max(dim=1).values.clamp_min(0), "max")
         first.reduce()  # under torch.distributed: sums over ranks; top examples merged on rank 0
         threshold = rel * max_value
         edges = first.quantile_edges(threshold, max_value, config.band_quantiles)
         second = BandPass(threshold, max_value, edges, config.n_bins, config.band_samples, config.window,
                           config.seed)  # fmt: skip
-        for batch, _, codes in batches("index: bands, histogram"):
+        if done > 0:
+            second.load_state(unprefixed("second.", saved.tensors))
+        for batch, _, codes in batches("index: bands, histogram", done):
             second.update(batch, codes)
+            if checkpoint is not None:
+                both = lambda: prefixed("first.", first.state()) | prefixed("second.", second.state())  # noqa: E731
+                checkpoint.step(2, batch.start + codes.shape[0], both)
         second.reduce()
     if rank != 0:  # rank 0 writes the index; the others open it once it is there
         distributed.barrier()
@@ -297,6 +325,8 @@ def build_index(
         created=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )  # fmt: skip
     _write(out, manifest, tensors, model.tokenizer, tree)
+    if checkpoint is not None:
+        checkpoint.remove()
     distributed.barrier()
     return FeatureIndex.open(out)
 

@@ -101,6 +101,13 @@ class Examples:
                    full(-1, torch.long), full(-1, torch.long), full(-1, torch.long, width),
                    full(math.nan, torch.float32, width))  # fmt: skip
 
+    def state(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], device: torch.device) -> Examples:
+        return cls(**{name: state[name].to(device) for name in cls.__dataclass_fields__})
+
     def absorb(self, batch: Batch, codes: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
                features: torch.Tensor, window: int) -> None:  # fmt: skip
         """Take candidates (keys, batch rows `[r, m]` of `features [r]`) whose key beats a slot's, in place."""
@@ -190,6 +197,14 @@ def top_rows(scores: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return keys, rows
 
 
+def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + name: value for name, value in tensors.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+
+
 def log_bin(values: torch.Tensor) -> torch.Tensor:
     """Bin of positive values in the pass-1 log histogram (clamped to its range)."""
     scaled = (values.log10() - LOG_LO) / (LOG_HI - LOG_LO) * LOG_BINS
@@ -218,6 +233,17 @@ class TopPass:
         self.log_hist += torch.bincount(features * LOG_BINS + bins, minlength=self.k * LOG_BINS)
         self.n_tokens += codes.shape[0]
         self.norm_sum += float(x.norm(dim=1).sum())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a resumed pass starts from (for a checkpoint)."""
+        totals = torch.tensor([self.n_tokens, self.norm_sum], dtype=torch.float64)
+        return {**prefixed("top.", self.top.state()), "log_hist": self.log_hist, "totals": totals}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.log_hist.device
+        self.top = Examples.from_state(unprefixed("top.", state), device)
+        self.log_hist = state["log_hist"].to(device)
+        self.n_tokens, self.norm_sum = int(state["totals"][0]), float(state["totals"][1])
 
     def reduce(self) -> None:
         """Under torch.distributed: counts, norms and histogram summed over ranks on every rank; top examples merged
@@ -296,6 +322,20 @@ class BandPass:
         picked = order[last.clamp_min(0)]
         cand_keys = keys.float()[picked].masked_fill(~present, -math.inf)
         self.bands.absorb(batch, codes, cand_keys, rows[picked], self.group_feature, self.window)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a resumed pass starts from (for a checkpoint)."""
+        return {
+            **prefixed("bands.", self.bands.state()),
+            "counts": self.counts,
+            "sums": self.sums,
+            "hist": self.hist,
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.counts.device
+        self.bands = Examples.from_state(unprefixed("bands.", state), device)
+        self.counts, self.sums, self.hist = (state[name].to(device) for name in ("counts", "sums", "hist"))
 
     def reduce(self) -> None:
         """Under torch.distributed: counts, sums and histogram summed over ranks on every rank; band samples merged on

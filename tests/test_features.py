@@ -229,6 +229,54 @@ def test_rebuild_replaces_the_index_atomically(toy_cache, toy_model, tmp_path):
     assert not list(out.glob("*.pkl")) and not list(out.glob("*.pt"))
 
 
+class Interrupted(PlantedCodes):
+    """PlantedCodes that counts its encode calls and raises KeyboardInterrupt at call `die_at` (None: never)."""
+
+    def __init__(self, d_in: int, k: int, die_at: int | None = None):
+        super().__init__(d_in, k)
+        self.calls, self.die_at = 0, die_at
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.die_at:
+            raise KeyboardInterrupt
+        return super().encode(x)
+
+
+@pytest.mark.parametrize("die_at", [9, 40])  # during pass 1, during pass 2 (about 24 batches per pass)
+def test_interrupted_index_resumes_to_the_same_index(toy_cache, toy_model, tmp_path, die_at):
+    from safetensors.torch import load_file
+
+    store = store_of(toy_cache)
+    config = IndexConfig(top_k=6, window=3, batch_tokens=70, band_samples=3, n_bins=10, checkpoint_every=4)
+    whole = Interrupted(store.d, 12)
+    build_index(whole, store, tmp_path / "whole", config, model=toy_model, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(Interrupted(store.d, 12, die_at), store, tmp_path / "idx", config, model=toy_model,
+                    progress=False)  # fmt: skip
+    assert (tmp_path / ".idx.partial" / "state.safetensors").exists() and not (tmp_path / "idx").exists()
+    resumed = Interrupted(store.d, 12)
+    build_index(resumed, store, tmp_path / "idx", config, model=toy_model, progress=False)
+    assert resumed.calls <= whole.calls - (die_at - 4)  # it went on from its checkpoint, not from the start
+    expected, got = (load_file(str(tmp_path / name / "index.safetensors")) for name in ("whole", "idx"))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, equal_nan=True, msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "whole"]  # the checkpoint is gone
+
+
+def test_a_checkpoint_of_another_build_is_not_resumed(toy_cache, toy_model, tmp_path):
+    store = store_of(toy_cache)
+    config = IndexConfig(top_k=6, window=3, batch_tokens=70, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(
+            Interrupted(store.d, 12, 9), store, tmp_path / "idx", config, model=toy_model, progress=False
+        )
+    other = Interrupted(store.d, 10)  # other features: the checkpoint is set aside, the build starts afresh
+    index = build_index(other, store, tmp_path / "idx", config, model=toy_model, progress=False)
+    assert index.n_features == 10 and other.calls == 2 * len(list(context_batches(store, 70)))
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_bad_input_is_explained(toy_cache, toy_model, tmp_path):
     store = store_of(toy_cache)
