@@ -204,6 +204,25 @@ def _checked_g(saved: torch.Tensor, shape: torch.Size, source: Path) -> torch.Te
     return saved
 
 
+def _check_layout(ckpt: Path, layout: dict) -> None:
+    """A checkpoint resumes only with the same split of tokens over processes (G is saved by rank): every rank
+    reads the layout the checkpoint was written with and refuses another one, with the fix; rank 0 records it."""
+    path = ckpt / "layout.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != layout:
+            raise DecomposerError(
+                f"the checkpoint at {ckpt} was written by {saved['world_size']} process(es) splitting "
+                f"{sum(saved['tokens']):,} tokens as {saved['tokens']}; this fit has {layout['world_size']} "
+                f"splitting {sum(layout['tokens']):,} as {layout['tokens']}. Resume it with the same store and "
+                f"number of processes (torchrun --nproc-per-node {saved['world_size']}), or delete the checkpoint "
+                "folder to start afresh"
+            )
+    elif distributed.rank() == 0:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, layout)
+
+
 # ------------------------------------------------------------------------------------------- the algorithm
 def winner_take_all(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the m entries of largest |f| in each column of `f [d, k]`: returns (indices [k, m], values [k, m]).
@@ -348,7 +367,7 @@ class SNMF:
         elif isinstance(data, ActivationStore) and not self._stream(data):
             data = data.load_all() if data.n_tokens else data
         stream = _Data(data, self.config.chunk_tokens, device, shards)
-        sizes = self._reduce(torch.zeros(distributed.world_size()).index_fill_(0, torch.tensor([distributed.rank()]),
+        sizes = self._reduce(torch.zeros(distributed.world_size(), dtype=torch.float64).index_fill_(0, torch.tensor([distributed.rank()]),
                                                                               float(stream.n)))  # fmt: skip
         stream.offset = int(sizes[: distributed.rank()].sum())  # first global row of this rank's tokens
         n_total = int(sizes.sum())
@@ -367,6 +386,8 @@ class SNMF:
             import tempfile
 
             ckpt = Path(tempfile.mkdtemp(prefix="snmf-"))
+        if ckpt is not None:
+            _check_layout(ckpt, {"world_size": distributed.world_size(), "tokens": sizes.long().tolist()})
         if ckpt is not None and self._distributed:
             ckpt = ckpt / f"rank_{distributed.rank():03d}"
         self.f = self._fit_level(stream, k, ckpt, on_disk, progress and distributed.rank() == 0, level=1)
