@@ -92,11 +92,11 @@ class SNMFConfig:
     encode_iters: int = 50
     """Multiplicative updates for the non-negative codes of new tokens (F fixed)."""
     fast_matmul: bool = True
-    """Run the products A G `[d, k]` (the F update) and Q+- G^T (the G update) at torch's float32 matmul precision
-    "medium": oneDNN's kernels on CPUs with bf16 instructions (1.5-2.5x faster than MKL for these shapes; on
-    AVX512-BF16 CPUs at float32 accuracy, 9e-8 relative to float64 against MKL's 2e-7; AMX CPUs may round the
-    inputs to bf16) and TF32 on GPUs. P = A^T F and G^T G, from which the loss is computed, always run in strict
-    float32, so the reported error is exact either way. False: strict float32 everywhere."""
+    """Run the products A G `[d, k]` (the F update) and Q+- G^T (the G update, also in `encode`) at torch's
+    float32 matmul precision "medium": oneDNN's kernels on CPUs with bf16 instructions (1.5-2.5x faster than MKL
+    for these shapes; on AVX512-BF16 CPUs at float32 accuracy, 9e-8 relative to float64 against MKL's 2e-7; AMX
+    CPUs may round the inputs to bf16) and TF32 on GPUs. P = A^T F and G^T G, from which the loss is computed,
+    always run in strict float32, so the reported error is exact either way. False: strict float32 everywhere."""
 
     def __post_init__(self) -> None:
         if self.hierarchy:
@@ -318,8 +318,9 @@ class SNMF:
         p = f.T @ x.T  # [k, n]: the updates run feature-major
         eye = torch.eye(q.shape[0], device=x.device)
         g = torch.linalg.solve(q + self.config.ridge * eye, p).clamp_min(1e-6)
-        for _ in range(self.config.encode_iters):
-            g = multiplicative_update(g, p, q, self.config.eps)
+        with matmul_precision(self.config.fast_matmul):
+            for _ in range(self.config.encode_iters):
+                g = multiplicative_update(g, p, q, self.config.eps)
         return g.T
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
