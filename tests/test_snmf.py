@@ -191,6 +191,25 @@ def test_a_checkpoint_of_another_process_split_is_refused(tmp_path, data):
     assert json.loads((tmp_path / "own" / "layout.json").read_text()) == {"world_size": 1, "tokens": [4000]}
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_resume_keeps_a_best_iterate_older_than_the_latest(tmp_path, data, on_disk):
+    """With a tolerance of 90%, an iterate is "best" only when it cuts the best loss tenfold, so the best stays
+    behind the latest iterate: the checkpoint holds both, and a resumed fit returns the best F and codes of an
+    uninterrupted one."""
+    x, _ = data
+    config = SNMFConfig(n_features=16, max_iter=20, checkpoint_every=10, g_on_disk=on_disk, tol=0.9)
+    full = SNMF(config).fit(x, progress=False)
+    first = SNMF(SNMFConfig(**{**config.__dict__, "max_iter": 10}))
+    first.fit(x, checkpoint_dir=tmp_path, progress=False)
+    assert first.state.best_iteration < 10  # the checkpoint at 10 holds an older best beside the latest G
+    resumed = SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.state.best_iteration == full.state.best_iteration < 10  # from before the checkpoint
+    assert resumed.state.losses == pytest.approx(full.state.losses, rel=1e-5)
+    assert torch.allclose(resumed.f, full.f) and torch.allclose(resumed.g_best, full.g_best)
+    latest = SNMF(SNMFConfig(**{**config.__dict__, "tol": 0.0})).fit(x, progress=False)
+    assert not torch.allclose(latest.g_best, full.g_best)  # the best codes are not the latest ones
+
+
 def test_killed_fit_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch):
     import interp.decompose.snmf as snmf_module
 

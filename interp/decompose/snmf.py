@@ -181,9 +181,6 @@ class _GMatrix:
         """G `[n, k]` (a view)."""
         return self.data.T
 
-    def copy_from(self, other: _GMatrix) -> None:
-        self.data.copy_(other.data)
-
     def snapshot(self, target: Path) -> None:
         """Write G to `target` (.npy) atomically: an on-disk checkpoint that later iterations do not touch."""
         tmp = target.with_name(f".{target.name}.tmp")
@@ -411,18 +408,23 @@ class SNMF:
     ) -> torch.Tensor:
         cfg, device, d = self.config, stream.device, stream.d
         m = max(1, math.ceil(cfg.sparsity * d))
-        g = _GMatrix(stream.n, k, ckpt / "G.npy" if on_disk else None)
-        g_best = _GMatrix(stream.n, k, ckpt / "G_best.npy" if on_disk else None)
+        # Two buffers for G, no copies: `g` is the latest iterate, `g_best` the best one (the same buffer when the
+        # latest is the best). A pass reads `g` and writes into the buffer that does not hold the best iterate.
+        buffers = [
+            _GMatrix(stream.n, k, ckpt / name if on_disk else None) for name in ("G.npy", "G.spare.npy")
+        ]
+        g, g_best = buffers[0], None
         state, resumed = FitState(), False
         if ckpt is not None and (ckpt / "state.json").exists():
             saved = load_file(str(ckpt / "checkpoint.safetensors"))
             state = FitState(**json.loads((ckpt / "state.json").read_text()))
-            if on_disk:
-                g.restore(ckpt / "G.checkpoint.npy")
-                g_best.restore(ckpt / "G_best.checkpoint.npy")
-            else:
-                g.data.copy_(_checked_g(saved["G"], g.data.shape, ckpt))
-                g_best.data.copy_(_checked_g(saved["G_best"], g.data.shape, ckpt))
+            best_is_latest = state.best_iteration == state.iteration
+            g_best = g if best_is_latest else buffers[1]
+            for buffer, name in [(g, "G")] + ([] if best_is_latest else [(g_best, "G_best")]):
+                if on_disk:
+                    buffer.restore(ckpt / f"{name}.checkpoint.npy")
+                else:
+                    buffer.data.copy_(_checked_g(saved[name], buffer.data.shape, ckpt))
             f_best, ag, gtg = saved["F_best"].to(device), saved["AG"].to(device), saved["GtG"].to(device)
             norm_a2 = float(saved["norm_a2"])
             resumed = True
@@ -450,16 +452,18 @@ class SNMF:
             # 4-5: one pass over the tokens: update G, accumulate A G and G^T G for the next F, and <P, G>.
             ag, gtg = torch.zeros(d, k, device=device), torch.zeros(k, k, device=device)
             cross = torch.zeros((), device=device, dtype=torch.float64)
+            target = g if g is not g_best else buffers[1] if g is buffers[0] else buffers[0]
             for start, end, x in stream.chunks():
                 g_chunk = g[start:end].to(device) / g_norms[:, None]  # G^T [k, c]
                 p = project(x, f_dense, kept)  # P^T = F^T A for these tokens
                 with matmul_precision(cfg.fast_matmul):
                     g_chunk = multiplicative_update(g_chunk, p, q, cfg.eps)
                 cross += torch.dot(p.view(-1), g_chunk.view(-1))  # the loss's <P, G>, from P as it was
-                g[start:end] = g_chunk
+                target[start:end] = g_chunk
                 with matmul_precision(cfg.fast_matmul):
                     ag.addmm_(x.T, g_chunk.T)
                 gtg.addmm_(g_chunk, g_chunk.T)
+            g = target
             self._reduce(ag)
             self._reduce(gtg)
             self._reduce(cross)
@@ -468,8 +472,7 @@ class SNMF:
             state.losses.append(loss)
             if loss < state.best_loss * (1 - cfg.tol):
                 state.best_loss, state.best_iteration, state.since_best = loss, state.iteration, 0
-                f_best = f_dense.clone()
-                g_best.copy_from(g)
+                f_best, g_best = f_dense.clone(), g
             else:
                 state.since_best += 1
                 if state.since_best >= cfg.patience:
@@ -483,11 +486,12 @@ class SNMF:
                 time.process_time() - cpu_started,
             )
             if ckpt is not None and (state.iteration % cfg.checkpoint_every == 0 or state.stop_reason):
-                self._checkpoint(ckpt, g, g_best, f_best, ag, gtg, norm_a2, state, on_disk)
+                self._checkpoint(ckpt, g, g_best if g_best is not None else g, f_best, ag, gtg, norm_a2, state,
+                                 on_disk)  # fmt: skip
         bar.close()
         if level == 1:
             self.state = state
-            self.g_best = g_best.codes  # the codes of the fitted tokens (best iterate), [n_tokens, k]
+            self.g_best = (g_best or g).codes  # the codes of the fitted tokens (best iterate), [n_tokens, k]
         return f_best.cpu()
 
     def _initialize(self, stream: _Data, g: _GMatrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -578,11 +582,14 @@ class SNMF:
             "norm_a2": torch.tensor(norm_a2, dtype=torch.float64),
         }
         ckpt.mkdir(parents=True, exist_ok=True)
+        saving = {"G": g} | (
+            {"G_best": g_best} if g_best is not g else {}
+        )  # the state says when they are one
         if on_disk:
-            g.snapshot(ckpt / "G.checkpoint.npy")
-            g_best.snapshot(ckpt / "G_best.checkpoint.npy")
+            for name, buffer in saving.items():
+                buffer.snapshot(ckpt / f"{name}.checkpoint.npy")
         else:
-            tensors |= {"G": g.data, "G_best": g_best.data}
+            tensors |= {name: buffer.data for name, buffer in saving.items()}
         atomic_save_safetensors({k: v.cpu() for k, v in tensors.items()}, ckpt / "checkpoint.safetensors")
         atomic_write_json(ckpt / "state.json", asdict(state))
 
