@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -141,6 +142,70 @@ def test_distributed_snmf_equals_single_process(tmp_path, init):
         result = load_file(str(tmp_path / f"f.{rank}"))
         assert torch.allclose(result["F"], single.f, atol=1e-4 * single.f.abs().max()), rank
         assert torch.allclose(result["losses"], torch.tensor(single.state.losses), rtol=1e-4)
+
+
+def _snmf_store(path):
+    from interp.store import ActivationStore, StoreManifest
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(1200, 6, generator=gen).relu() @ torch.randn(6, 64, generator=gen)).contiguous()
+    store = ActivationStore.create(path, StoreManifest("m", "0.mlp_hidden", 64, "float32", "x", 8, True))
+    for i in range(4):
+        ids = torch.arange(300)
+        store.append(x[i * 300 : (i + 1) * 300], ids, ids, ids, context_end=i + 1)
+    return store
+
+
+SNMF_RESUME = {"n_features": 6, "max_iter": 20, "stream": True, "checkpoint_every": 10, "tol": 0.5}
+
+
+def _snmf_resume_rank(rank: int, world: int, init_file: str, store_path: str, ckpt: str, max_iter: int,
+                      out: str) -> None:  # fmt: skip
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from safetensors.torch import save_file
+
+        from interp.decompose.snmf import SNMF, SNMFConfig
+        from interp.store import ActivationStore
+
+        snmf = SNMF(SNMFConfig(**{**SNMF_RESUME, "max_iter": max_iter}))
+        snmf.fit(ActivationStore.open(store_path), checkpoint_dir=ckpt, progress=False)
+        save_file({"F": snmf.f.contiguous(), "losses": torch.tensor(snmf.state.losses)}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_snmf_checkpoints_resume_with_another_number_of_processes(tmp_path):
+    """2 processes -> 1 and 1 -> 2: each rank reads the columns of G it now holds from the folders of the ranks
+    that saved them, and the resumed fit ends where an uninterrupted single-process fit ends. The tolerance makes
+    the best iterate lag behind the latest, so G_best is re-split too."""
+    from safetensors.torch import load_file
+
+    from interp.decompose.snmf import SNMF, SNMFConfig
+
+    store = _snmf_store(tmp_path / "s")
+    full = SNMF(SNMFConfig(**SNMF_RESUME)).fit(store, progress=False)
+
+    def run(world: int, ckpt: str, max_iter: int, out: str) -> None:
+        args = (world, str(tmp_path / f"init-{out}"), str(tmp_path / "s"), str(tmp_path / ckpt), max_iter,
+                str(tmp_path / out))  # fmt: skip
+        mp.start_processes(_snmf_resume_rank, args=args, nprocs=world, start_method="spawn")
+
+    run(2, "two_to_one", 10, "a")  # 2 processes, checkpoint at 10
+    assert json.loads((tmp_path / "two_to_one" / "layout.json").read_text())["world_size"] == 2
+    one = SNMF(SNMFConfig(**SNMF_RESUME)).fit(store, checkpoint_dir=tmp_path / "two_to_one", progress=False)
+    assert not (
+        tmp_path / "two_to_one" / "ranks_2"
+    ).exists()  # the former split is gone once the new one is saved
+    SNMF(SNMFConfig(**{**SNMF_RESUME, "max_iter": 10})).fit(store, checkpoint_dir=tmp_path / "one_to_two",
+                                                             progress=False)  # fmt: skip
+    run(2, "one_to_two", 20, "b")
+    results = [(one.f, torch.tensor(one.state.losses))]
+    results += [tuple(load_file(str(tmp_path / f"b.{rank}")).values()) for rank in range(2)]
+    for f, losses in results:
+        assert torch.allclose(f, full.f, atol=1e-4 * full.f.abs().max())
+        assert torch.allclose(losses, torch.tensor(full.state.losses), rtol=1e-4)
+    assert full.state.best_iteration < 20
 
 
 # ------------------------------------------------------------------------------------------ DDP training

@@ -176,19 +176,8 @@ def test_a_checkpoint_of_other_data_is_refused(tmp_path, data, on_disk):
     x, _ = data
     config = SNMFConfig(n_features=16, max_iter=10, checkpoint_every=5, g_on_disk=on_disk)
     SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(DecomposerError, match="delete the checkpoint folder"):
+    with pytest.raises(DecomposerError, match="(?i)delete the checkpoint folder"):
         SNMF(config).fit(x[:-100], checkpoint_dir=tmp_path, progress=False)
-
-
-def test_a_checkpoint_of_another_process_split_is_refused(tmp_path, data):
-    """G is checkpointed by rank: a checkpoint written by 2 processes resumes only under 2 (every rank reads the
-    same layout.json, so all refuse together instead of some waiting on the others)."""
-    x, _ = data
-    (tmp_path / "layout.json").write_text(json.dumps({"world_size": 2, "tokens": [2000, 2000]}))
-    with pytest.raises(DecomposerError, match="nproc-per-node 2"):
-        SNMF(SNMFConfig(n_features=16, max_iter=5)).fit(x, checkpoint_dir=tmp_path, progress=False)
-    SNMF(SNMFConfig(n_features=16, max_iter=5)).fit(x, checkpoint_dir=tmp_path / "own", progress=False)
-    assert json.loads((tmp_path / "own" / "layout.json").read_text()) == {"world_size": 1, "tokens": [4000]}
 
 
 @pytest.mark.parametrize("on_disk", [False, True])

@@ -24,7 +24,6 @@ so every rank computes the F of a single-process fit.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from interp import distributed
@@ -45,6 +43,7 @@ from interp.decompose.base import (
     read_decomposer,
     save_decomposer,
 )
+from interp.decompose.snmf_checkpoint import Checkpoints
 from interp.device import resolve_device
 from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
 
@@ -187,37 +186,6 @@ class _GMatrix:
         with open(tmp, "wb") as f:
             np.save(f, self.data.numpy())
         tmp.replace(target)
-
-    def restore(self, source: Path) -> None:
-        self.data.copy_(_checked_g(torch.from_numpy(np.load(source)), self.data.shape, source))
-
-
-def _checked_g(saved: torch.Tensor, shape: torch.Size, source: Path) -> torch.Tensor:
-    if saved.shape != shape:
-        raise DecomposerError(
-            f"the checkpoint at {source} holds G of shape {list(saved.shape)}, this fit needs {list(shape)} "
-            "(another store, k, or an older checkpoint layout); delete the checkpoint folder to start afresh"
-        )
-    return saved
-
-
-def _check_layout(ckpt: Path, layout: dict) -> None:
-    """A checkpoint resumes only with the same split of tokens over processes (G is saved by rank): every rank
-    reads the layout the checkpoint was written with and refuses another one, with the fix; rank 0 records it."""
-    path = ckpt / "layout.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != layout:
-            raise DecomposerError(
-                f"the checkpoint at {ckpt} was written by {saved['world_size']} process(es) splitting "
-                f"{sum(saved['tokens']):,} tokens as {saved['tokens']}; this fit has {layout['world_size']} "
-                f"splitting {sum(layout['tokens']):,} as {layout['tokens']}. Resume it with the same store and "
-                f"number of processes (torchrun --nproc-per-node {saved['world_size']}), or delete the checkpoint "
-                "folder to start afresh"
-            )
-    elif distributed.rank() == 0:
-        ckpt.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, layout)
 
 
 # ------------------------------------------------------------------------------------------- the algorithm
@@ -384,10 +352,10 @@ class SNMF:
             import tempfile
 
             ckpt = Path(tempfile.mkdtemp(prefix="snmf-"))
-        if ckpt is not None:
-            _check_layout(ckpt, {"world_size": distributed.world_size(), "tokens": sizes.long().tolist()})
-        if ckpt is not None and self._distributed:
-            ckpt = ckpt / f"rank_{distributed.rank():03d}"
+        if ckpt is not None:  # where each rank writes, and the checkpoint to resume from (any former split)
+            ckpt = Checkpoints.open(
+                ckpt, {"world_size": distributed.world_size(), "tokens": sizes.long().tolist()}
+            )
         self.f = self._fit_level(stream, k, ckpt, on_disk, progress and distributed.rank() == 0, level=1)
         self._distributed = False  # the hierarchy factorizes F, which every rank holds whole
         if self.config.hierarchy:
@@ -404,27 +372,29 @@ class SNMF:
         return store.n_tokens * store.d * 4 > self.config.memory_limit_gb * 2**30
 
     def _fit_level(
-        self, stream: _Data, k: int, ckpt: Path | None, on_disk: bool, progress: bool, level: int
+        self, stream: _Data, k: int, ckpt: Checkpoints | None, on_disk: bool, progress: bool, level: int
     ) -> torch.Tensor:
         cfg, device, d = self.config, stream.device, stream.d
         m = max(1, math.ceil(cfg.sparsity * d))
         # Two buffers for G, no copies: `g` is the latest iterate, `g_best` the best one (the same buffer when the
         # latest is the best). A pass reads `g` and writes into the buffer that does not hold the best iterate.
         buffers = [
-            _GMatrix(stream.n, k, ckpt / name if on_disk else None) for name in ("G.npy", "G.spare.npy")
+            _GMatrix(stream.n, k, ckpt.folder / name if on_disk else None)
+            for name in ("G.npy", "G.spare.npy")
         ]
         g, g_best = buffers[0], None
         state, resumed = FitState(), False
-        if ckpt is not None and (ckpt / "state.json").exists():
-            saved = load_file(str(ckpt / "checkpoint.safetensors"))
-            state = FitState(**json.loads((ckpt / "state.json").read_text()))
+        if ckpt is not None and ckpt.saved is not None:
+            saved_state, saved = ckpt.read_state()
+            state = FitState(**saved_state)
             best_is_latest = state.best_iteration == state.iteration
             g_best = g if best_is_latest else buffers[1]
             for buffer, name in [(g, "G")] + ([] if best_is_latest else [(g_best, "G_best")]):
-                if on_disk:
-                    buffer.restore(ckpt / f"{name}.checkpoint.npy")
-                else:
-                    buffer.data.copy_(_checked_g(saved[name], buffer.data.shape, ckpt))
+                for start in range(
+                    0, stream.n, 1 << 20
+                ):  # this rank's columns, from the ranks that saved them
+                    end = min(stream.n, start + (1 << 20))
+                    buffer[start:end] = ckpt.read_columns(name, stream.offset + start, stream.offset + end, k)
             f_best, ag, gtg = saved["F_best"].to(device), saved["AG"].to(device), saved["GtG"].to(device)
             norm_a2 = float(saved["norm_a2"])
             resumed = True
@@ -486,8 +456,9 @@ class SNMF:
                 time.process_time() - cpu_started,
             )
             if ckpt is not None and (state.iteration % cfg.checkpoint_every == 0 or state.stop_reason):
-                self._checkpoint(ckpt, g, g_best if g_best is not None else g, f_best, ag, gtg, norm_a2, state,
-                                 on_disk)  # fmt: skip
+                self._checkpoint(ckpt.folder, g, g_best if g_best is not None else g, f_best, ag, gtg, norm_a2,
+                                 state, on_disk)  # fmt: skip
+                ckpt.publish()
         bar.close()
         if level == 1:
             self.state = state
