@@ -12,7 +12,7 @@ github.com/ordavid-s/snmf-mlp-decomposition; it needs only torch) runs in this i
 - the same with `fast_matmul=False` (every product in strict float32 through MKL; the default lets oneDNN run A G
   and the G update's Q G^T, see SNMFConfig.fast_matmul),
 - interp SNMF with random init: the problem and init of the official code,
-- interp with sparsity 1.0 and random init: plain semi-NMF, the same problem overcomplete solves,
+- interp with sparsity 1.0 (SVD init, then random init): plain semi-NMF, the same problem overcomplete solves,
 - interp SNMF streamed out of core from a store (same data, G memory-mapped): the in-memory vs out-of-core ratio,
 - the peers. All run the same number of iterations (no early stop), timed apart from their initialization.
 Relative error = ||A - F G^T||^2 / ||A||^2; "to 0.1%": the first iteration whose loss is within 0.1% of the
@@ -153,6 +153,9 @@ def run(x: torch.Tensor, k: int, max_iter: int, peer_python: str | None, officia
         interp_row("interp SNMF, paper settings (1% neurons, svd init)", x, k, max_iter),
         interp_row("interp SNMF, paper settings, strict float32 matmuls", x, k, max_iter, fast_matmul=False),
         interp_row("interp SNMF, 1% neurons, random init", x, k, max_iter, init="random", patience=max_iter),
+        interp_row(
+            "interp semi-NMF (sparsity 1.0, svd init)", x, k, max_iter, sparsity=1.0, patience=max_iter
+        ),
         interp_row(
             "interp semi-NMF (sparsity 1.0, random init)",
             x,

@@ -137,6 +137,18 @@ def test_randomized_svd_init_matches_the_exact_eigendecomposition():
     assert randomized == pytest.approx(exact, rel=1e-4)
 
 
+def test_sparsity_one_is_plain_semi_nmf_with_a_monotone_loss(data):
+    """Keeping every neuron, each iteration is an exact least-squares F and a Ding-Li-Jordan G step, both descent
+    steps: the loss never rises (beyond float error), and it ends below the 1%-sparse fit's."""
+    x, _ = data
+    dense = SNMF(SNMFConfig(n_features=16, sparsity=1.0, max_iter=30, patience=30)).fit(x, progress=False)
+    losses = dense.state.losses
+    assert all(b <= a + 1e-6 for a, b in zip(losses, losses[1:], strict=False))
+    assert (dense.f != 0).all()
+    sparse = SNMF(SNMFConfig(n_features=16, max_iter=30, patience=30)).fit(x, progress=False)
+    assert dense.state.best_loss < sparse.state.best_loss
+
+
 def make_store(path, x: torch.Tensor, rows: int = 700) -> ActivationStore:
     manifest = StoreManifest(model="synthetic", site="0.mlp_hidden", d=x.shape[1], dtype="float32",
                              corpus_fingerprint="x", context_len=8, drop_bos=True)  # fmt: skip

@@ -413,11 +413,14 @@ class SNMF:
         while state.iteration < cfg.max_iter and not state.stop_reason:
             # 1-3: F from the sums of the previous pass, winner-take-all, rescale G's columns into F.
             f = solve_f(ag, gtg, cfg.ridge)
-            idx, vals = winner_take_all(f, m)
             g_norms = gtg.diagonal().clamp_min(1e-30).sqrt()  # ||G[:, j]|| before the rescale
-            vals = vals * g_norms[:, None]
-            f_dense = dense_from_sparse(idx, vals, d)
-            kept = (idx, vals) if 8 * m <= d else None  # the dense product when F is not sparse
+            if m < d:
+                idx, vals = winner_take_all(f, m)
+                vals = vals * g_norms[:, None]
+                f_dense = dense_from_sparse(idx, vals, d)
+                kept = (idx, vals) if 8 * m <= d else None  # the dense product when F is not sparse
+            else:  # sparsity 1: every neuron kept, plain semi-NMF
+                f_dense, kept = f * g_norms, None
             q = f_dense.T @ f_dense
             # 4-5: one pass over the tokens: update G, accumulate A G and G^T G for the next F, and <P, G>.
             ag, gtg = torch.zeros(d, k, device=device), torch.zeros(k, k, device=device)
