@@ -211,6 +211,33 @@ def test_resume_keeps_a_best_iterate_older_than_the_latest(tmp_path, data, on_di
     assert not torch.allclose(latest.g_best, full.g_best)  # the best codes are not the latest ones
 
 
+def test_a_crash_inside_a_checkpoint_resumes_from_the_one_before(tmp_path, data, monkeypatch):
+    """Killed after G's files of iteration 20 were written but before the checkpoint that names them: the fit
+    resumes from iteration 10 as a whole (state, sums and G), and ends as an uninterrupted fit."""
+    import interp.decompose.snmf_checkpoint as checkpoint_module
+
+    x, _ = data
+    config = SNMFConfig(n_features=16, max_iter=30, checkpoint_every=10, g_on_disk=True)
+    full = SNMF(config).fit(x, progress=False)
+    real, calls = checkpoint_module.atomic_save_safetensors, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_save_safetensors", dying)
+    with pytest.raises(KeyboardInterrupt):
+        SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(checkpoint_module, "atomic_save_safetensors", real)
+    assert (tmp_path / "G.checkpoint.20.npy").exists()  # written, but no checkpoint names it
+    resumed = SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.state.losses == pytest.approx(full.state.losses, rel=1e-5)
+    assert torch.allclose(resumed.f, full.f, atol=1e-5 * full.f.abs().max())
+    assert sorted(p.name for p in tmp_path.glob("G*.checkpoint*.npy")) == ["G.checkpoint.30.npy"]
+
+
 def test_killed_fit_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch):
     import interp.decompose.snmf as snmf_module
 

@@ -45,7 +45,7 @@ from interp.decompose.base import (
 )
 from interp.decompose.snmf_checkpoint import Checkpoints
 from interp.device import resolve_device
-from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
+from interp.store import ActivationStore, atomic_write_json
 
 INITS = ("random", "svd", "kmeans")
 
@@ -468,9 +468,15 @@ class SNMF:
                 time.process_time() - cpu_started,
             )
             if ckpt is not None and (state.iteration % cfg.checkpoint_every == 0 or state.stop_reason):
-                self._checkpoint(ckpt.folder, g, g_best if g_best is not None else g, f_best, ag, gtg, norm_a2,
-                                 state, on_disk)  # fmt: skip
-                ckpt.publish()
+                best = g_best if g_best is not None else g  # saved apart only when not the latest
+                buffers_by_name = {"G": g} | ({"G_best": best} if best is not g else {})
+                sums = {
+                    "F_best": f_best,
+                    "AG": ag,
+                    "GtG": gtg,
+                    "norm_a2": torch.tensor(norm_a2, dtype=torch.float64),
+                }
+                ckpt.write(sums, buffers_by_name, asdict(state), on_disk)
         bar.close()
         if level == 1:
             self.state = state
@@ -556,25 +562,6 @@ class SNMF:
             keep = counts > 0
             centroids[keep] = sums[keep] / counts[keep, None]
         return centroids
-
-    def _checkpoint(self, ckpt, g, g_best, f_best, ag, gtg, norm_a2, state, on_disk) -> None:
-        tensors = {
-            "F_best": f_best,
-            "AG": ag,
-            "GtG": gtg,
-            "norm_a2": torch.tensor(norm_a2, dtype=torch.float64),
-        }
-        ckpt.mkdir(parents=True, exist_ok=True)
-        saving = {"G": g} | (
-            {"G_best": g_best} if g_best is not g else {}
-        )  # the state says when they are one
-        if on_disk:
-            for name, buffer in saving.items():
-                buffer.snapshot(ckpt / f"{name}.checkpoint.npy")
-        else:
-            tensors |= {name: buffer.data for name, buffer in saving.items()}
-        atomic_save_safetensors({k: v.cpu() for k, v in tensors.items()}, ckpt / "checkpoint.safetensors")
-        atomic_write_json(ckpt / "state.json", asdict(state))
 
     def _fit_hierarchy(self, progress: bool) -> None:
         """Each coarser level factorizes the previous level's F `[d, r_prev]` (its columns as the 'tokens')."""

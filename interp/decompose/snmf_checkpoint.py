@@ -1,8 +1,9 @@
 """SNMF checkpoints: where each process writes, what a resumed fit reads, and how the split over processes changes.
 
-A fit with a checkpoint folder `root` writes, every `checkpoint_every` iterations, its state (state.json), the
-sums and best F (checkpoint.safetensors) and its columns of G^T `[k, n_rank]` (in checkpoint.safetensors, or as
-.npy files when G is memory-mapped). A single process writes into `root`; under torch.distributed rank r of W
+A fit with a checkpoint folder `root` writes, every `checkpoint_every` iterations, its state, the sums and best F
+(checkpoint.safetensors, its metadata holding the state) and its columns of G^T `[k, n_rank]` (in the same file,
+or as .npy files named by iteration when G is memory-mapped: the safetensors file, written last and atomically,
+names the ones that belong to it, so a crash at any point leaves a consistent checkpoint). A single process writes into `root`; under torch.distributed rank r of W
 writes into `root/ranks_W/rank_r`. `root/layout.json` ({"world_size", "tokens": tokens per rank}) names the set of
 folders that holds the latest complete checkpoint: rank 0 rewrites it only after every rank has written.
 
@@ -24,10 +25,9 @@ from safetensors import safe_open
 
 from interp import distributed
 from interp.decompose.base import DecomposerError
-from interp.store import atomic_write_json
+from interp.store import atomic_save_safetensors, atomic_write_json
 
 LAYOUT = "layout.json"
-ROOT_FILES = ("state.json", "checkpoint.safetensors", "G.checkpoint.npy", "G_best.checkpoint.npy")
 
 
 def rank_folder(root: Path, world_size: int, rank: int) -> Path:
@@ -60,12 +60,43 @@ class Checkpoints:
         """Where this process writes."""
         return rank_folder(self.root, self.layout["world_size"], distributed.rank())
 
+    def write(self, sums: dict[str, torch.Tensor], g: dict, state: dict, on_disk: bool) -> None:
+        """This rank's checkpoint (sums and best F, G's buffers by name, the state), then `publish`."""
+        folder, files, tensors = self.folder, {}, dict(sums)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, buffer in g.items():
+            if on_disk:
+                files[name] = f"{name}.checkpoint.{state['iteration']}.npy"
+                buffer.snapshot(folder / files[name])
+            else:
+                tensors[name] = buffer.data
+        meta = {"state": json.dumps(state), "g_files": json.dumps(files)}
+        atomic_save_safetensors(
+            {k: v.cpu() for k, v in tensors.items()}, folder / "checkpoint.safetensors", meta
+        )
+        atomic_write_json(folder / "state.json", state)  # for people and scripts; a resume reads the metadata
+        for old in folder.glob("G*.checkpoint*.npy"):
+            if old.name not in files.values():
+                old.unlink(missing_ok=True)
+        self.publish()
+
     def read_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(state.json, the sums and best F) of the saved checkpoint: the same in every rank's folder."""
+        """(the state, the sums and best F) of the saved checkpoint: the same in every rank's folder."""
         first = rank_folder(self.root, self.saved["world_size"], 0)
         with safe_open(str(first / "checkpoint.safetensors"), "pt") as f:
             tensors = {name: f.get_tensor(name) for name in f.keys() if name not in ("G", "G_best")}  # noqa: SIM118
-        return json.loads((first / "state.json").read_text()), tensors
+            meta = f.metadata() or {}
+        state = (
+            json.loads(meta["state"]) if "state" in meta else json.loads((first / "state.json").read_text())
+        )
+        return state, tensors
+
+    @staticmethod
+    def _g_file(folder: Path, name: str) -> Path:
+        """The .npy file of `name` that the folder's checkpoint names (older checkpoints: a fixed name)."""
+        with safe_open(str(folder / "checkpoint.safetensors"), "pt") as f:
+            files = json.loads((f.metadata() or {}).get("g_files", "{}"))
+        return folder / files.get(name, f"{name}.checkpoint.npy")
 
     def read_columns(self, name: str, start: int, end: int, k: int) -> torch.Tensor:
         """Columns [start, end) (global token rows) of the saved G^T ("G" or "G_best") `[k, end - start]`, read
@@ -78,8 +109,9 @@ class Checkpoints:
                 continue
             folder = rank_folder(self.root, self.saved["world_size"], rank)
             a, b = lo - offsets[rank], hi - offsets[rank]
-            if (folder / f"{name}.checkpoint.npy").exists():
-                saved = np.load(folder / f"{name}.checkpoint.npy", mmap_mode="r")
+            g_file = self._g_file(folder, name)
+            if g_file.exists():
+                saved = np.load(g_file, mmap_mode="r")
                 shape = saved.shape
                 columns = torch.from_numpy(np.array(saved[:, a:b])) if len(shape) == 2 else None
             else:
@@ -108,6 +140,7 @@ class Checkpoints:
             if old > 1:
                 shutil.rmtree(self.root / f"ranks_{old}", ignore_errors=True)
             else:
-                for name in (*ROOT_FILES, "G.npy", "G.spare.npy"):
-                    (self.root / name).unlink(missing_ok=True)
+                for path in [self.root / "state.json", self.root / "checkpoint.safetensors",
+                             *self.root.glob("G*.npy")]:  # fmt: skip
+                    path.unlink(missing_ok=True)
         self.saved = self.layout
