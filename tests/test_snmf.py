@@ -211,6 +211,22 @@ def test_resume_keeps_a_best_iterate_older_than_the_latest(tmp_path, data, on_di
     assert not torch.allclose(latest.g_best, full.g_best)  # the best codes are not the latest ones
 
 
+def killed_at_call(monkeypatch, module, name: str, call: int, run) -> None:
+    """`run()` with `module.name` raising KeyboardInterrupt (a kill) at its `call`-th call; then restored."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dying)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(module, name, real)
+
+
 def test_a_crash_inside_a_checkpoint_resumes_from_the_one_before(tmp_path, data, monkeypatch):
     """Killed after G's files of iteration 20 were written but before the checkpoint that names them: the fit
     resumes from iteration 10 as a whole (state, sums and G), and ends as an uninterrupted fit."""
@@ -219,18 +235,8 @@ def test_a_crash_inside_a_checkpoint_resumes_from_the_one_before(tmp_path, data,
     x, _ = data
     config = SNMFConfig(n_features=16, max_iter=30, checkpoint_every=10, g_on_disk=True)
     full = SNMF(config).fit(x, progress=False)
-    real, calls = checkpoint_module.atomic_save_safetensors, {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(checkpoint_module, "atomic_save_safetensors", dying)
-    with pytest.raises(KeyboardInterrupt):
-        SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
-    monkeypatch.setattr(checkpoint_module, "atomic_save_safetensors", real)
+    fit = lambda: SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)  # noqa: E731
+    killed_at_call(monkeypatch, checkpoint_module, "atomic_save_safetensors", 2, fit)
     assert (tmp_path / "G.checkpoint.20.npy").exists()  # written, but no checkpoint names it
     resumed = SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
     assert resumed.state.losses == pytest.approx(full.state.losses, rel=1e-5)
@@ -244,18 +250,8 @@ def test_killed_fit_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch
     x, _ = data
     config = SNMFConfig(n_features=16, max_iter=30, checkpoint_every=10)
     full = SNMF(config).fit(x, progress=False)
-    real, calls = snmf_module.multiplicative_update, {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 25:  # killed during iteration 25, after the checkpoint of iteration 20
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(snmf_module, "multiplicative_update", dying)
-    with pytest.raises(KeyboardInterrupt):
-        SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
-    monkeypatch.setattr(snmf_module, "multiplicative_update", real)
+    fit = lambda: SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)  # noqa: E731
+    killed_at_call(monkeypatch, snmf_module, "multiplicative_update", 25, fit)  # after the checkpoint of 20
     assert json.loads((tmp_path / "state.json").read_text())["iteration"] == 20
     resumed = SNMF(config).fit(x, checkpoint_dir=tmp_path, progress=False)
     assert resumed.state.losses == pytest.approx(full.state.losses, rel=1e-5)
