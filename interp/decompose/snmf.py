@@ -140,7 +140,11 @@ class _Data:
         self.ranges = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
         self.n = int(offsets[-1])
         if self.store is None:  # neuron-major copies [d, n_chunk], made once: F^T A reads whole neuron rows
-            self.neuron_major = [data[start:end].T.float().contiguous() for start, end in self.ranges]
+            # on the device: a GPU fit does not copy A over the bus every iteration (stores above
+            # memory_limit_gb stream instead)
+            self.neuron_major = [
+                data[start:end].to(device).T.float().contiguous() for start, end in self.ranges
+            ]
 
     def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, end, x `[end - start, d]`). In memory each is the transposed view of a neuron-major copy (for
@@ -152,18 +156,18 @@ class _Data:
                 if not all_finite(x):
                     raise DecomposerError(f"shard {index} of {self.store.path} holds NaN or inf")
             else:
-                x = self.neuron_major[index].to(self.device).T
+                x = self.neuron_major[index].T
             yield start, end, x
 
 
 class _GMatrix:
-    """G >= 0 held feature-major, G^T `[k, n]`, in memory or in a memory-mapped .npy file; tokens are read and
-    written by range (`g[start:end]` is `[k, end - start]`)."""
+    """G >= 0 held feature-major, G^T `[k, n]`, in memory on the fit's device or in a memory-mapped .npy file;
+    tokens are read and written by range (`g[start:end]` is `[k, end - start]`)."""
 
-    def __init__(self, n: int, k: int, path: Path | None):
+    def __init__(self, n: int, k: int, path: Path | None, device: torch.device):
         self.path, self._memmap = path, None
         if path is None:
-            self.data = torch.zeros(k, n)
+            self.data = torch.zeros(k, n, device=device)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._memmap = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(k, n))
@@ -173,7 +177,7 @@ class _GMatrix:
         return self.data[:, tokens]
 
     def __setitem__(self, tokens: slice, value: torch.Tensor) -> None:
-        self.data[:, tokens] = value.to("cpu", torch.float32)
+        self.data[:, tokens] = value.to(self.data.device, torch.float32)
 
     @property
     def codes(self) -> torch.Tensor:
@@ -184,7 +188,7 @@ class _GMatrix:
         """Write G to `target` (.npy) atomically: an on-disk checkpoint that later iterations do not touch."""
         tmp = target.with_name(f".{target.name}.tmp")
         with open(tmp, "wb") as f:
-            np.save(f, self.data.numpy())
+            np.save(f, self.data.cpu().numpy())
         tmp.replace(target)
 
 
@@ -388,7 +392,7 @@ class SNMF:
         # Two buffers for G, no copies: `g` is the latest iterate, `g_best` the best one (the same buffer when the
         # latest is the best). A pass reads `g` and writes into the buffer that does not hold the best iterate.
         buffers = [
-            _GMatrix(stream.n, k, ckpt.folder / name if on_disk else None)
+            _GMatrix(stream.n, k, ckpt.folder / name if on_disk else None, device)
             for name in ("G.npy", "G.spare.npy")
         ]
         g, g_best = buffers[0], None
@@ -480,7 +484,9 @@ class SNMF:
         bar.close()
         if level == 1:
             self.state = state
-            self.g_best = (g_best or g).codes  # the codes of the fitted tokens (best iterate), [n_tokens, k]
+            self.g_best = (
+                g_best or g
+            ).codes.cpu()  # the codes of the fitted tokens (best iterate), [n_tokens, k]
         return f_best.cpu()
 
     def _initialize(self, stream: _Data, g: _GMatrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
