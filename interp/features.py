@@ -270,11 +270,10 @@ def build_index(
             for batch, x, codes in batches("index: top examples", done):
                 first.update(batch, x, codes)
                 if checkpoint is not None:
-                    end = batch.start + x.shape[0]
-                    checkpoint.step(1, end, lambda: prefixed("first.", first.state()))
+                    checkpoint.step(1, batch.start + x.shape[0], lambda: prefixed("first.", first.state()))
             if checkpoint is not None:
                 checkpoint.save(2, 0, prefixed("first.", first.state()))
-            phase, done = 2, 0
+            done = 0  # pass 2 starts from the beginning
         max_value = distributed.all_reduce(first.top.values.max(dim=1).values.clamp_min(0), "max")
         first.reduce()  # under torch.distributed: sums over ranks; top examples merged on rank 0
         threshold = rel * max_value

@@ -395,7 +395,7 @@ class SNMF:
             _GMatrix(stream.n, k, ckpt.folder / name if on_disk else None, device)
             for name in ("G.npy", "G.spare.npy")
         ]
-        g, g_best = buffers[0], None
+        g = g_best = buffers[0]
         state, resumed = FitState(), False
         if ckpt is not None and ckpt.saved is not None:
             saved_state, saved = ckpt.read_state()
@@ -403,9 +403,8 @@ class SNMF:
             best_is_latest = state.best_iteration == state.iteration
             g_best = g if best_is_latest else buffers[1]
             for buffer, name in [(g, "G")] + ([] if best_is_latest else [(g_best, "G_best")]):
-                for start in range(
-                    0, stream.n, 1 << 20
-                ):  # this rank's columns, from the ranks that saved them
+                # this rank's columns, from the ranks that saved them
+                for start in range(0, stream.n, 1 << 20):
                     end = min(stream.n, start + (1 << 20))
                     buffer[start:end] = ckpt.read_columns(name, stream.offset + start, stream.offset + end, k)
             f_best, ag, gtg = saved["F_best"].to(device), saved["AG"].to(device), saved["GtG"].to(device)
@@ -438,17 +437,17 @@ class SNMF:
             # 4-5: one pass over the tokens: update G, accumulate A G and G^T G for the next F, and <P, G>.
             ag, gtg = torch.zeros(d, k, device=device), torch.zeros(k, k, device=device)
             cross = torch.zeros((), device=device, dtype=torch.float64)
-            target = g if g is not g_best else buffers[1] if g is buffers[0] else buffers[0]
+            spare = buffers[1] if g is buffers[0] else buffers[0]
+            target = spare if g is g_best else g
             for start, end, x in stream.chunks():
                 g_chunk = g[start:end].to(device) / g_norms[:, None]  # G^T [k, c]
                 p = project(x, f_dense, kept)  # P^T = F^T A for these tokens
                 with matmul_precision(cfg.fast_matmul):
                     g_chunk = multiplicative_update(g_chunk, p, q, cfg.eps)
-                cross += torch.dot(p.view(-1), g_chunk.view(-1))  # the loss's <P, G>, from P as it was
-                target[start:end] = g_chunk
-                with matmul_precision(cfg.fast_matmul):
                     ag.addmm_(x.T, g_chunk.T)
+                cross += torch.dot(p.view(-1), g_chunk.view(-1))  # the loss's <P, G>, from P as it was
                 gtg.addmm_(g_chunk, g_chunk.T)
+                target[start:end] = g_chunk
             g = target
             self._reduce(ag)
             self._reduce(gtg)
@@ -472,8 +471,8 @@ class SNMF:
                 time.process_time() - cpu_started,
             )
             if ckpt is not None and (state.iteration % cfg.checkpoint_every == 0 or state.stop_reason):
-                best = g_best if g_best is not None else g  # saved apart only when not the latest
-                buffers_by_name = {"G": g} | ({"G_best": best} if best is not g else {})
+                # G_best is saved apart only when it is not the latest (the state says which)
+                buffers_by_name = {"G": g} | ({"G_best": g_best} if g_best is not g else {})
                 sums = {
                     "F_best": f_best,
                     "AG": ag,
@@ -484,18 +483,15 @@ class SNMF:
         bar.close()
         if level == 1:
             self.state = state
-            self.g_best = (
-                g_best or g
-            ).codes.cpu()  # the codes of the fitted tokens (best iterate), [n_tokens, k]
+            self.g_best = g_best.codes.cpu()  # the codes of the fitted tokens (best iterate), [n_tokens, k]
         return f_best.cpu()
 
     def _initialize(self, stream: _Data, g: _GMatrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill G with the chosen init and return the sums (A G, G^T G) that the first F update needs."""
         cfg, device, d = self.config, stream.device, stream.d
         gen = torch.Generator().manual_seed(cfg.seed)
-        if (
-            cfg.init == "svd"
-        ):  # Ding et al.: F = U sqrt(S), G = clamp(V sqrt(S)); U, S^2 the top eigenpairs of A A^T
+        if cfg.init == "svd":
+            # Ding et al.: F = U sqrt(S), G = clamp(V sqrt(S)); U, S^2 the top eigenpairs of A A^T
             top, u = self._top_eigenpairs(stream, k, gen)
             scale = top.clamp_min(1e-12) ** -0.25  # V sqrt(S) = A^T U S^-1/2, and S = sqrt(eigenvalues)
             sums = torch.zeros(k, device=device)  # orient each singular pair so that its V has positive mass

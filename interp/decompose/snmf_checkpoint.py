@@ -3,9 +3,10 @@
 A fit with a checkpoint folder `root` writes, every `checkpoint_every` iterations, its state, the sums and best F
 (checkpoint.safetensors, its metadata holding the state) and its columns of G^T `[k, n_rank]` (in the same file,
 or as .npy files named by iteration when G is memory-mapped: the safetensors file, written last and atomically,
-names the ones that belong to it, so a crash at any point leaves a consistent checkpoint). A single process writes into `root`; under torch.distributed rank r of W
-writes into `root/ranks_W/rank_r`. `root/layout.json` ({"world_size", "tokens": tokens per rank}) names the set of
-folders that holds the latest complete checkpoint: rank 0 rewrites it only after every rank has written.
+names the ones that belong to it, so a crash at any point leaves a consistent checkpoint). A single process writes
+into `root`; under torch.distributed rank r of W writes into `root/ranks_W/rank_r`. `root/layout.json`
+({"world_size", "tokens": tokens per rank}) names the set of folders that holds the latest complete checkpoint:
+rank 0 rewrites it only after every rank has written.
 
 A fit resumes from any layout over the same tokens: each rank reads the columns of G it now holds from the folders
 of the ranks that held them (the sums, F and the state are the same on every rank). So a fit started on 2
