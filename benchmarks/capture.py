@@ -23,10 +23,11 @@ import time
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from interp.capture import backend_runner, capture
+    from interp.capture import capture
     from interp.corpus import load_contexts
     from interp.models import load_model
-    from interp.sites import parse_sites
+    from interp.models.hooks import backend_runner
+    from interp.models.sites import parse_sites
 
     torch.manual_seed(0)
     model = load_model(args.model, device=args.device)

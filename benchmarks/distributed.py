@@ -89,11 +89,11 @@ def _rank(rank: int, world: int, threads: int, init: str, args: argparse.Namespa
         median = float(all_ranks_max(step_seconds.median(), device))
         result["sae_rows_per_s"] = args.batch / median
         if args.capture:
-            from interp.cli import run_capture
+            from interp.capture import capture_corpus
 
             for attempt in ("warm-up", "timed"):  # the first run pays for first-call costs
                 run = Path(out).parent / f"capture-{attempt}"  # all ranks write into it
-                _, stats = run_capture(args.capture_model, None, "bbc", args.capture_tokens, 128, 8, "torch",
+                _, stats, _ = capture_corpus(args.capture_model, None, "bbc", args.capture_tokens, 128, 8, "torch",
                                        device, "float32", run)  # fmt: skip
             tokens = torch.tensor([stats.n_tokens], dtype=torch.float64, device=device)
             dist.all_reduce(tokens)

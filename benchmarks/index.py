@@ -35,9 +35,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def store_path(args) -> Path:
     from interp.capture import capture
+    from interp.core.paths import cache_dir
     from interp.corpus import load_contexts
     from interp.models import load_model
-    from interp.paths import cache_dir
 
     path = Path(args.store) if args.store else cache_dir() / "bench" / "index-gemma" / "9.mlp_hidden"
     if not (path / "manifest.json").exists():
@@ -62,8 +62,8 @@ def timed(fn) -> tuple[float, object]:
 
 def bench_build(args, store, model) -> None:
     from interp.decompose import load_decomposer
-    from interp.examples import top_examples
     from interp.features import IndexConfig, build_index
+    from interp.features.describe import top_examples
 
     dec = load_decomposer(args.decomposer) if args.decomposer else random_topk(store.d, args.features)
     which = args.decomposer or f"random-direction TopK SAE (k=32, {args.features} features)"

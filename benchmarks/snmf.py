@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from interp.store import CONTEXTS_FILE
+
 PEER = r"""
 import json, sys, time, types, torch
 # overcomplete's package __init__ imports its vision wrappers (torchvision), which cannot load beside the CPU torch
@@ -194,7 +196,7 @@ def top_tokens(store_path: Path, snmf, n_features: int = 10, top: int = 8) -> No
 
     store = ActivationStore.open(store_path)
     meta = store.tokens()
-    contexts = Contexts.load(store_path.parent / "contexts.safetensors")
+    contexts = Contexts.load(store_path.parent / CONTEXTS_FILE)
     tokenizer = load_model(store.manifest.model, device="cpu").tokenizer
     codes = snmf.g_best
     print(f"\nTop tokens of {n_features} SNMF features ({store.manifest.model}, {store.site}):")

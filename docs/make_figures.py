@@ -91,7 +91,7 @@ def hierarchy_png(index, out: Path) -> None:
 
     from selenium.webdriver.common.by import By
 
-    from interp.display import hierarchy_sunburst, top_token_labels
+    from interp.browser.display import hierarchy_sunburst, top_token_labels
 
     m = index.manifest
     fig = hierarchy_sunburst(index.hierarchy, labels=top_token_labels(index.table, n=2),

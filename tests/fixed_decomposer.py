@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.decompose.base import check_activations, read_decomposer, save_decomposer
+from interp.core.checks import check_activations
+from interp.decompose.base import read_decomposer, save_decomposer
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.capture import BACKENDS, CaptureError, backend_runner, capture
+from interp.capture import CaptureError, capture
 from interp.corpus import Document, pack
-from interp.sites import SITE_KINDS, SiteError, parse_sites
+from interp.models.hooks import BACKENDS, backend_runner
+from interp.models.sites import SITE_KINDS, SiteError, parse_sites
 from interp.store import ActivationStore
 
 ALL_SITES = [f"{layer}.{kind}" for layer in range(2) for kind in SITE_KINDS]
@@ -123,7 +124,7 @@ def test_interrupted_capture_resumes_without_loss_or_duplicates(tiny_llama, tmp_
         progress=False,
     )
 
-    import interp.capture.nnsight as nnsight_backend
+    import interp.models.backends.nnsight as nnsight_backend
 
     real_run, calls = nnsight_backend.run, {"n": 0}
 
@@ -182,7 +183,7 @@ def test_sites_out_of_step_are_lined_up_on_resume(tiny_llama, tmp_path):
 
 def test_nan_activations_name_site_and_batch(tiny_llama, tmp_path, monkeypatch):
     contexts = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=100)
-    import interp.capture.nnsight as nnsight_backend
+    import interp.models.backends.nnsight as nnsight_backend
 
     real_run = nnsight_backend.run
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from interp.corpus import BBC_TOPICS, CorpusError, Document, load_contexts, load_documents, pack
-from interp.models import ModelError, byte_tokenizer, load_model
+from interp.models import ModelError, load_model
+from interp.models.sources import byte_tokenizer
 
 
 def test_pack_keeps_document_ids_and_positions():

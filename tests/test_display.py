@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from interp.display import feature_html, hierarchy_sunburst, text_html, token_span, top_token_labels
+from interp.browser.display import feature_html, hierarchy_sunburst, text_html, token_span, top_token_labels
 from interp.features import Example, Feature
 
 

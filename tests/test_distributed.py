@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from interp.distributed import rank_range
+from interp.core.distributed import rank_range
 
 CORPUS = [f"Sentence {i} is about cats, dogs and the weather on day {i}." for i in range(40)]
 

@@ -11,8 +11,8 @@ import torch
 
 from interp.corpus import Document, pack
 from interp.features import FeatureIndex, FeatureIndexError, IndexConfig, build_index, find_indexes
-from interp.features_stream import context_batches
 from interp.store import ActivationStore, StoreManifest
+from interp.store.batches import context_batches
 
 SITE = "1.mlp_hidden"
 WORDS = [
@@ -171,7 +171,7 @@ def test_context_batches_hold_whole_contexts(toy_cache):
 # ------------------------------------------------------------------------------------------------ logit lens
 def test_logit_lens_matches_the_model_by_hand(toy_model):
     """mlp_hidden: down projection, final-norm weight, unembedding; residual sites skip the projection."""
-    from interp.logit_lens import logit_lens, norm_gain
+    from interp.features.logit_lens import logit_lens, norm_gain
 
     hf = toy_model.hf
     v = torch.randn(3, toy_model.info.d_mlp, generator=torch.Generator().manual_seed(1))
@@ -186,7 +186,7 @@ def test_logit_lens_matches_the_model_by_hand(toy_model):
 
 
 def test_gemma_norm_gains_include_the_plus_one():
-    from interp.logit_lens import norm_gain, residual_directions
+    from interp.features.logit_lens import norm_gain, residual_directions
     from interp.models import load_model
 
     gemma = load_model("tiny-gemma3", device="cpu")
@@ -309,7 +309,8 @@ def test_index_command(toy_cache, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from interp.cli_browse import browse_cmd, index_cmd
+    from interp.cli.browse import browse_cmd
+    from interp.cli.index import index_cmd
 
     app = typer.Typer()
     app.command("index")(index_cmd)
@@ -328,8 +329,8 @@ def test_index_command(toy_cache, tmp_path):
 
 
 def test_live_text_codes_and_steering(toy_cache, toy_model):
+    from interp.browser.live import best_matches, steer, text_codes
     from interp.decompose import load_decomposer
-    from interp.features_live import best_matches, steer, text_codes
 
     folder = toy_cache / "decomposers" / "toy" / SITE / "topk-k32"
     sae = load_decomposer(folder)

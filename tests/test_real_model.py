@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.capture import BACKENDS, backend_runner, capture
+from interp.capture import capture
 from interp.corpus import load_contexts
-from interp.sites import SITE_KINDS, parse_sites
+from interp.models.hooks import BACKENDS, backend_runner
+from interp.models.sites import SITE_KINDS, parse_sites
 
 pytestmark = pytest.mark.real_model
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from interp.decompose import DecomposerError, load_decomposer
-from interp.decompose.metrics import ce_loss_recovered, evaluate, fvu
 from interp.decompose.mp_sae import MPSAE, MPSAEConfig, pursuit_reference
-from interp.decompose.sae import SAE, SAEConfig, _JumpReLU, _Step
+from interp.decompose.sae.model import SAE, SAEConfig, _JumpReLU, _Step
+from interp.evaluate.recon import ce_loss_recovered, evaluate, fvu
 
 
 def planted(d=32, n=8000, atoms=64, active=3, seed=0, offset=0.3):

@@ -230,7 +230,7 @@ def killed_at_call(monkeypatch, module, name: str, call: int, run) -> None:
 def test_a_crash_inside_a_checkpoint_resumes_from_the_one_before(tmp_path, data, monkeypatch):
     """Killed after G's files of iteration 20 were written but before the checkpoint that names them: the fit
     resumes from iteration 10 as a whole (state, sums and G), and ends as an uninterrupted fit."""
-    import interp.decompose.snmf_checkpoint as checkpoint_module
+    import interp.decompose.snmf.checkpoint as checkpoint_module
 
     x, _ = data
     config = SNMFConfig(n_features=16, max_iter=30, checkpoint_every=10, g_on_disk=True)
@@ -245,7 +245,7 @@ def test_a_crash_inside_a_checkpoint_resumes_from_the_one_before(tmp_path, data,
 
 
 def test_killed_fit_resumes_from_its_last_checkpoint(tmp_path, data, monkeypatch):
-    import interp.decompose.snmf as snmf_module
+    import interp.decompose.snmf.model as snmf_module
 
     x, _ = data
     config = SNMFConfig(n_features=16, max_iter=30, checkpoint_every=10)
@@ -353,7 +353,7 @@ def test_fit_cli_with_checkpoints_and_hierarchy(tmp_path, data):
 
 
 def test_all_finite_catches_nan_and_inf_but_not_large_values():
-    from interp.decompose.base import all_finite
+    from interp.core.checks import all_finite
 
     x = torch.randn(64, 32)
     assert all_finite(x) and all_finite(torch.full((100, 100), 3e38)) and all_finite(x.bfloat16())

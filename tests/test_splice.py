@@ -8,7 +8,7 @@ import torch
 from fixed_decomposer import FixedConfig, FixedDirections, SplitIdentity
 
 from interp.corpus import Document, pack
-from interp.decompose.splice import spliced_metrics
+from interp.evaluate.splice import spliced_metrics
 
 
 def contexts(model):

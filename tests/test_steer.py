@@ -11,21 +11,14 @@ import torch
 from fixed_decomposer import FixedConfig, FixedDirections
 from typer.testing import CliRunner
 
-from interp.capture import backend_runner
 from interp.cli import app
 from interp.decompose import base
-from interp.sites import parse_site
+from interp.models.edits import AddDirection, ClampLatent, InterventionError, ProjectOut
+from interp.models.hooks import backend_runner, generate, intervene, steered_logits
+from interp.models.sites import parse_site
+from interp.steer.calibration import NEUTRAL_PROMPTS, Prompts, alpha_for_kl, kl_function
 from interp.steer.concepts import ConceptError, load_concepts, make_concept_set
 from interp.steer.detection import auroc, log_ratio
-from interp.steer.interventions import (
-    AddDirection,
-    ClampLatent,
-    InterventionError,
-    ProjectOut,
-    generate,
-    intervene,
-    steered_logits,
-)
 from interp.steer.judges import (
     ConceptClassifier,
     JudgeError,
@@ -34,7 +27,6 @@ from interp.steer.judges import (
     fluency_scores,
     harmonic_mean,
 )
-from interp.steer.sweep import NEUTRAL_PROMPTS, Prompts, alpha_for_kl, kl_function
 
 BACKENDS = ("torch", "transformer_lens", "nnsight")
 

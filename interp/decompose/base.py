@@ -22,18 +22,20 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from safetensors.torch import load_file
 
-from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
+from interp.core.io import atomic_save_safetensors, atomic_write_json
+from interp.store import ActivationStore
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+SOURCE_FILE = "source.json"  # the store a decomposer was fitted on: {"store", "model", "site"}
 
 # method name -> "module:Class"; imported lazily so a method's dependencies load only when used.
 METHODS: dict[str, str] = {
-    "snmf": "interp.decompose.snmf:SNMF",
-    "relu": "interp.decompose.sae:SAE",
-    "topk": "interp.decompose.sae:SAE",
-    "batchtopk": "interp.decompose.sae:SAE",
-    "jumprelu": "interp.decompose.sae:SAE",
+    "snmf": "interp.decompose.snmf.model:SNMF",
+    "relu": "interp.decompose.sae.model:SAE",
+    "topk": "interp.decompose.sae.model:SAE",
+    "batchtopk": "interp.decompose.sae.model:SAE",
+    "jumprelu": "interp.decompose.sae.model:SAE",
     "mpsae": "interp.decompose.mp_sae:MPSAE",
 }
 
@@ -76,35 +78,6 @@ def load_decomposer(folder: str | Path) -> Decomposer:
     return method_class(method).load(folder)
 
 
-def all_finite(x: torch.Tensor) -> bool:
-    """No NaN or inf in `x`. Any NaN or inf makes the sum of `x` non-finite, so one fast reading pass (a plain
-    sum) settles the common case; only a sum that overflowed on finite values takes the elementwise check."""
-    if x.is_floating_point() and bool(torch.isfinite(x.sum())):
-        return True
-    return bool(torch.isfinite(x).all())
-
-
-def check_activations(x: torch.Tensor, d_in: int | None = None, what: str = "activations") -> torch.Tensor:
-    """Validate `x [n, d_in]`: 2-D, the right width, finite. Returns `x` unchanged."""
-    if not isinstance(x, torch.Tensor):
-        raise DecomposerError(f"{what} must be a torch.Tensor [n, d_in], got {type(x).__name__}")
-    if x.ndim != 2:
-        raise DecomposerError(
-            f"{what} must be 2-D [n, d_in], got shape {list(x.shape)}; flatten batch and position"
-        )
-    if d_in is not None and x.shape[1] != d_in:
-        raise DecomposerError(
-            f"{what} have width {x.shape[1]} but this decomposer was fitted on d_in={d_in}; "
-            "use activations of the same site"
-        )
-    if x.shape[0] == 0:
-        raise DecomposerError(f"{what} are empty (0 rows); capture some tokens first")
-    if not all_finite(x):
-        bad = (~torch.isfinite(x)).any(dim=1).nonzero()[:5, 0].tolist()
-        raise DecomposerError(f"{what} contain NaN or inf (rows {bad}...); fix or drop those rows first")
-    return x
-
-
 def save_decomposer(
     folder: str | Path, method: str, config: Any, tensors: dict[str, torch.Tensor], extra: dict | None = None
 ) -> None:
@@ -123,3 +96,15 @@ def read_decomposer(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     folder = Path(folder)
     meta = json.loads((folder / CONFIG_FILE).read_text())
     return meta, load_file(str(folder / WEIGHTS_FILE))
+
+
+def write_source(folder: str | Path, store: ActivationStore) -> None:
+    """Record in `folder` the store a decomposer was fitted on (path, model, site)."""
+    source = {"store": str(Path(store.path).resolve()), "model": store.manifest.model, "site": store.site}
+    atomic_write_json(Path(folder) / SOURCE_FILE, source)
+
+
+def read_source(folder: str | Path) -> dict | None:
+    """The `source.json` of a decomposer folder ({"store", "model", "site"}), or None when it has none."""
+    path = Path(folder) / SOURCE_FILE
+    return json.loads(path.read_text()) if path.exists() else None

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from interp import distributed
+from interp.core import distributed
 from interp.decompose.base import DecomposerError
-from interp.store import ActivationStore
+from interp.store.activations import ActivationStore
 
 
 class GlobalBatches:

@@ -28,11 +28,13 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from interp import distributed
-from interp.decompose.base import DecomposerError, check_activations
+from interp.core import distributed
+from interp.core.checks import check_activations
+from interp.core.device import resolve_device
+from interp.core.io import atomic_save_safetensors, atomic_write_json
+from interp.decompose.base import DecomposerError
 from interp.decompose.batches import GlobalBatches
-from interp.device import resolve_device
-from interp.store import ActivationStore, atomic_save_safetensors, atomic_write_json
+from interp.store import ActivationStore
 
 
 def learning_rate_factor(step: int, n_steps: int, warmup: int, decay_start: float) -> float:
@@ -51,9 +53,9 @@ def _check_data(data: ActivationStore | torch.Tensor, batch_size: int) -> int:
             raise DecomposerError(f"the store at {data.path} is empty; capture some tokens first")
         n, d = data.n_tokens, data.d
         sample = next(data.iter_shards())
-        check_activations(sample[:4096], d, f"activations of {data.path}")
+        check_activations(sample[:4096], d, f"activations of {data.path}", error=DecomposerError)
     else:
-        check_activations(data)
+        check_activations(data, error=DecomposerError)
         n, d = data.shape
     if n < batch_size:
         raise DecomposerError(

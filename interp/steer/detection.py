@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.capture import backend_runner
 from interp.models import LoadedModel
-from interp.sites import Site
+from interp.models.hooks import backend_runner
+from interp.models.sites import Site
 from interp.steer.concepts import ConceptSet
 
 

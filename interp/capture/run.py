@@ -1,0 +1,224 @@
+"""Capture activations at sites of a model into ActivationStores, one per site, resumably.
+
+    stores = capture(model, contexts, ["9.mlp_hidden", "9.resid_post"], out="cache/activations/run")
+
+Output folder: `contexts.safetensors` (the packed token contexts) and one store folder per site. Batches run on the
+model's device; the forward pass stops after the deepest requested block; padding and (by default) the BOS position
+are dropped. Shards are committed atomically; running the same capture again resumes after the last shard that every
+site has committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from interp.core import distributed
+from interp.core.checks import all_finite
+from interp.core.paths import cache_dir
+from interp.corpus import Contexts, load_contexts
+from interp.models import LoadedModel, load_model
+from interp.models.hooks import BACKENDS, backend_runner
+from interp.models.sites import Site, parse_sites
+from interp.store import CONTEXTS_FILE, DTYPES, ActivationStore, StoreManifest, merge_rank_stores
+
+
+class CaptureError(ValueError):
+    """Bad capture settings or bad activations; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    n_tokens: int  # tokens written by this call
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / max(self.seconds, 1e-9)
+
+
+def keep_mask(contexts: Contexts, start: int, end: int, drop_bos: bool) -> torch.Tensor:
+    """`[end - start, context_len]` True where a token is stored: not padding, and not BOS when drop_bos."""
+    positions = torch.arange(contexts.context_len)
+    mask = positions[None, :] < contexts.lengths[start:end, None]
+    if drop_bos and contexts.has_bos:
+        mask[:, 0] = False
+    return mask
+
+
+def first_changed_context(old: Contexts, new: Contexts) -> int:
+    """Index of the first context that differs between two packings of the same corpus.
+
+    A longer capture of the same corpus fills up what was the last, partial context: that context (and its shard)
+    must be captured again.
+    """
+    n = min(old.n_contexts, new.n_contexts)
+    differs = (old.token_ids[:n] != new.token_ids[:n]).any(dim=1) | (old.lengths[:n] != new.lengths[:n])
+    changed = differs.nonzero()
+    return int(changed[0, 0]) if changed.numel() else old.n_contexts
+
+
+def capture(
+    model: LoadedModel,
+    contexts: Contexts,
+    sites: list[str] | str,
+    out: str | Path,
+    backend: str = "nnsight",
+    batch_size: int = 8,
+    dtype: str = "float32",
+    drop_bos: bool = True,
+    shard_tokens: int | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, ActivationStore], CaptureStats]:
+    """Run `model` over `contexts` and store activations at `sites` under `out/<site>/`.
+
+    `shard_tokens` rows per shard (default: about 64 MB per shard of the widest site).
+    Returns the stores by site name and what this call wrote.
+    """
+    if backend not in BACKENDS:
+        raise CaptureError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    run = backend_runner(backend)
+    info = model.info
+    site_list = parse_sites(sites, info.n_layers)
+    if dtype not in DTYPES:
+        raise CaptureError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if contexts.context_len > info.n_ctx:
+        raise CaptureError(
+            f"context length {contexts.context_len} is longer than {info.name} accepts ({info.n_ctx}); "
+            f"pass --context-len {info.n_ctx} or less"
+        )
+    if batch_size < 1:
+        raise CaptureError(f"batch_size must be >= 1, got {batch_size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed.rank(), distributed.world_size()
+    begin, stop = distributed.rank_range(
+        contexts.n_contexts
+    )  # this rank's contexts (all of them in one process)
+
+    def folder(site: Site) -> Path:
+        return out / site.name if world == 1 else out / site.name / f"rank_{rank:03d}"
+
+    stores = {
+        site.name: ActivationStore.create(
+            folder(site),
+            StoreManifest(
+                model=info.name, site=site.name, d=site.width(info), dtype=dtype,
+                corpus_fingerprint=contexts.fingerprint, context_len=contexts.context_len, drop_bos=drop_bos,
+            ),
+        )
+        for site in site_list
+    }  # fmt: skip
+    # Resume: every site restarts after the last context that all of them committed.
+    done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
+    old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
+    distributed.barrier()  # every rank has read the old contexts before rank 0 replaces them
+    if done > stop:  # the stores already hold more than this call asks for
+        return _finish(stores, site_list, out, world), CaptureStats(0, 0.0)
+    if done > begin and old is not None:
+        done = min(done, first_changed_context(old, contexts))
+    for store in stores.values():
+        store.truncate(done)  # drops whole shards, so the stores may now end before `done`
+    done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
+    if rank == 0:
+        contexts.save(out / CONTEXTS_FILE)
+    if shard_tokens is None:
+        widest = max(site.width(info) for site in site_list)
+        shard_tokens = max(1024, (64 << 20) // (widest * DTYPES[dtype].itemsize))
+
+    start_time, written = time.perf_counter(), 0
+    remaining = int(keep_mask(contexts, done, stop, drop_bos).sum())
+    bar = tqdm(
+        total=remaining, unit="tok", unit_scale=True, desc=f"capture {info.name}", disable=not progress
+    )
+    buffers: dict[Site, list[torch.Tensor]] = {site: [] for site in site_list}
+    meta: list[torch.Tensor] = []  # per buffered batch: [n, 3] token id, context id, position
+    buffered = 0
+    shard_start = done
+    for start in range(done, stop, batch_size):
+        end = min(start + batch_size, stop)
+        length = int(contexts.lengths[start:end].max())
+        tokens = contexts.token_ids[start:end, :length].to(model.device)
+        acts = run(model, tokens, site_list)
+        mask = keep_mask(contexts, start, end, drop_bos)[:, :length]
+        for site in site_list:
+            kept = acts[site][mask.to(acts[site].device)]
+            if not all_finite(kept):
+                raise CaptureError(
+                    f"NaN or inf in activations at site {site.name}, batch of contexts {start}..{end - 1}; "
+                    "the stores keep everything before this batch. Load the model in float32, or check its weights."
+                )
+            buffers[site].append(kept.to("cpu", DTYPES[dtype]))
+        ctx = torch.arange(start, end)[:, None].expand(-1, length)
+        pos = torch.arange(length)[None, :].expand(end - start, -1)
+        meta.append(torch.stack([contexts.token_ids[start:end, :length][mask], ctx[mask], pos[mask]], dim=1))
+        n = int(mask.sum())
+        buffered += n
+        bar.update(n)
+        if buffered >= shard_tokens or end == stop:
+            ids = torch.cat(meta)
+            for site in site_list:
+                store = stores[site.name]
+                store.append(torch.cat(buffers[site]), ids[:, 0], ids[:, 1], ids[:, 2], end, shard_start)
+                buffers[site] = []
+            meta, written, buffered, shard_start = [], written + buffered, 0, end
+    bar.close()
+    return _finish(stores, site_list, out, world), CaptureStats(written, time.perf_counter() - start_time)
+
+
+def _finish(
+    stores: dict[str, ActivationStore], sites: list[Site], out: Path, world: int
+) -> dict[str, ActivationStore]:
+    """In a distributed capture, wait for every rank, then merge the rank stores of each site (rank 0)."""
+    if world == 1:
+        return stores
+    distributed.barrier()
+    if distributed.rank() == 0:
+        for site in sites:
+            merge_rank_stores(out / site.name, world)
+    distributed.barrier()
+    return {site.name: ActivationStore.open(out / site.name) for site in sites}
+
+
+def middle_sites(n_layers: int) -> str:
+    """The MLP neurons and the residual stream of the middle layer: `L.mlp_hidden,L.resid_post`."""
+    layer = n_layers // 2
+    return f"{layer}.mlp_hidden,{layer}.resid_post"
+
+
+def default_run_dir(model: str, corpus: str) -> Path:
+    """cache/activations/MODEL/CORPUS."""
+    return cache_dir() / "activations" / Path(model).name / Path(corpus).stem
+
+
+def capture_corpus(
+    model_name: str,
+    sites: str | None,
+    corpus: str,
+    n_tokens: int,
+    context_len: int = 128,
+    batch_size: int = 8,
+    backend: str = "nnsight",
+    device: str = "auto",
+    dtype: str = "float32",
+    out: Path | None = None,
+    text_column: str = "text",
+    keep_bos: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, ActivationStore], CaptureStats, Path]:
+    """Load the model, pack the corpus, capture `sites` (default: the middle layer's); returns (stores by site,
+    stats, run folder)."""
+    model = load_model(model_name, device=device)
+    sites = sites or middle_sites(model.info.n_layers)
+    contexts = load_contexts(model.tokenizer, corpus, context_len, n_tokens, text_column)
+    out = Path(out) if out is not None else default_run_dir(model_name, corpus)
+    log(f"capturing {sites} of {model.info.name} on {device} ({model.device}) into {out}")
+    stores, stats = capture(model, contexts, sites, out, backend=backend, batch_size=batch_size, dtype=dtype,
+                            drop_bos=not keep_bos, progress=progress)  # fmt: skip
+    return stores, stats, out

@@ -1,0 +1,85 @@
+"""`interp fit`: a decomposer on a store, resumable from its checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from interp.cli.common import USER_ERRORS, config_from_options, echo0, fail, parse_overrides
+
+FLAGS = {"n_features": "--k", "k": "--topk-k", "batch_size": "--batch-size", "n_steps": "--n-steps",
+         "max_iter": "--max-iter", "l1_coeff": "--l1-coeff"}  # fmt: skip
+
+
+def method_config(method: str, options: dict[str, Any]) -> Any:
+    """The config of `method` from CLI options (strings typed by the config's annotations)."""
+    from interp.decompose import method_class
+
+    config_class = method_class(method).config_class
+    if "architecture" in {f for f in config_class.__dataclass_fields__}:
+        options = {"architecture": method, **options}
+    return config_from_options(config_class, options, FLAGS, what=f"method {method!r}")
+
+
+def run_fit(
+    store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True
+) -> Any:
+    """Fit `method` with CLI `options` on a store into `out` (default under cache/decomposers); returns it."""
+    from interp.decompose.fitting import default_fit_dir, fit_store
+
+    config = method_config(method, options)
+    out = out or default_fit_dir(store_path, method, options.get("n_features"))
+    return fit_store(store_path, method, config, out, progress, log=echo0)
+
+
+def fit_cmd(
+    method: Annotated[str, typer.Option(help="snmf | relu | topk | batchtopk | jumprelu | mpsae")],
+    store: Annotated[
+        Path, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")
+    ],
+    out: Annotated[Path | None, typer.Option(help="output folder (default under cache/decomposers)")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="number of features")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="SNMF: fraction of neurons kept per feature")] = None,
+    init: Annotated[str | None, typer.Option(help="SNMF: random | svd | kmeans")] = None,
+    hierarchy: Annotated[
+        str | None, typer.Option(help="SNMF: ranks of the hierarchy, e.g. 400,200,100,50")
+    ] = None,
+    max_iter: Annotated[int | None, typer.Option(help="SNMF: iteration limit")] = None,
+    topk_k: Annotated[
+        int | None, typer.Option("--topk-k", help="TopK / BatchTopK / MP-SAE: active latents per token")
+    ] = None,
+    n_steps: Annotated[int | None, typer.Option(help="SAE: training steps")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="SAE: tokens per step")] = None,
+    lr: Annotated[float | None, typer.Option(help="SAE: learning rate")] = None,
+    l1_coeff: Annotated[float | None, typer.Option(help="ReLU SAE: L1 coefficient")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    seed: int | None = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="any other config field: name=value")
+    ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            help="under torchrun: data-parallel (SAEs: DDP, --batch-size is the global batch; SNMF: "
+            "tokens split, sums all-reduced)"
+        ),
+    ] = False,
+) -> None:
+    """Fit a decomposer on a store; interrupt and rerun to resume from the last checkpoint."""
+    from interp.core import distributed as dist
+
+    options = {
+        "n_features": k, "sparsity": sparsity, "init": init, "hierarchy": hierarchy, "max_iter": max_iter,
+        "k": topk_k, "n_steps": n_steps, "batch_size": batch_size, "lr": lr, "l1_coeff": l1_coeff,
+        "device": device, "seed": seed,
+    }  # fmt: skip
+    try:
+        options["device"] = dist.start(distributed, device)
+        options.update(parse_overrides(set_ or []))
+        run_fit(store, method, out, options)
+    except USER_ERRORS as e:
+        fail(e)
+    finally:
+        dist.stop()

@@ -1,0 +1,91 @@
+"""`interp steer-eval`: concept detection and steering of features against difference-in-means and random
+directions, from flags or a TOML file; resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from interp.cli.common import USER_ERRORS, fail, offline_by_default
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def steer_eval_config(toml_path: Path | None, flags: dict[str, Any]) -> Any:
+    """SteerEvalConfig from a TOML file (optional), then flags that were given."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from interp.steer.run import SteerEvalConfig
+
+    fields = {f.name for f in dataclasses.fields(SteerEvalConfig)}
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        values = tomllib.loads(Path(toml_path).read_text())
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {unknown} in {toml_path}; valid: {', '.join(sorted(fields))}"
+            )
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return SteerEvalConfig(**values)
+
+
+def steer_eval_cmd(
+    config: Annotated[Path | None, typer.Option(help="TOML file with any of the settings below")] = None,
+    model: str | None = None,
+    site: Annotated[str | None, typer.Option(help="e.g. 9.mlp_hidden")] = None,
+    decomposer: Annotated[
+        list[str] | None, typer.Option(help="decomposer folder (repeat for several)")
+    ] = None,
+    concepts: Annotated[
+        str | None, typer.Option(help="bbc | sentiment | a .jsonl/.csv with text, concept")
+    ] = None,
+    concept: Annotated[list[str] | None, typer.Option(help="restrict to these concepts (repeat)")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="comma-separated: features,diff_in_means,random")
+    ] = None,
+    kl_targets: Annotated[
+        str | None, typer.Option(help="comma-separated KL targets, e.g. 0.025,0.05,0.1")
+    ] = None,
+    strengths: Annotated[
+        str | None, typer.Option(help="fixed strengths (x mean activation norm) instead")
+    ] = None,
+    n_samples: int | None = None,
+    max_new_tokens: int | None = None,
+    per_concept: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    llm_judge: Annotated[bool | None, typer.Option(help="also rate with INTERP_JUDGE_URL's model")] = None,
+    out: Annotated[Path | None, typer.Option(help="results folder (default cache/steer/MODEL/SITE)")] = None,
+) -> None:
+    """Concept detection and steering of features vs difference-in-means and random directions; resumable."""
+    from interp.core.paths import cache_dir
+    from interp.steer.run import run_steer_eval
+
+    offline_by_default()
+    flags = {
+        "model": model, "site": site, "decomposers": decomposer, "concepts": concepts, "concept_names": concept,
+        "methods": None if methods is None else tuple(m.strip() for m in methods.split(",")),
+        "kl_targets": _floats(kl_targets), "strengths": _floats(strengths), "n_samples": n_samples,
+        "max_new_tokens": max_new_tokens, "per_concept": per_concept, "seed": seed, "device": device,
+        "llm_judge": llm_judge,
+    }  # fmt: skip
+    try:
+        settings = steer_eval_config(config, flags)
+        if strengths is not None and kl_targets is None:
+            settings = dataclasses.replace(settings, kl_targets=())
+        out = out or cache_dir() / "steer" / Path(settings.model).name / settings.site
+        run_steer_eval(settings, out)
+    except USER_ERRORS as e:
+        fail(e)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"results in {out}")

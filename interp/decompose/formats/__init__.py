@@ -1,0 +1,1 @@
+"""Other libraries' file formats: SAELens export."""

@@ -1,0 +1,71 @@
+"""Reconstruction and sparsity metrics, for any decomposer (through encode / decode), streamed over data.
+
+- mse: mean over tokens of the squared error summed over d_in (`mse_per_dim` = that / d_in)
+- fvu: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (variance about the mean, not about zero);
+  explained_variance = 1 - fvu
+- l0: mean number of non-zero codes per token
+- dead_fraction: features that never fire on the data; dense_fraction: features firing on more than 10% of tokens
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interp.core.checks import check_activations
+from interp.decompose.base import DecomposerError
+from interp.store import ActivationStore
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Fraction of variance unexplained, `x`, `x_hat` `[n, d]`: variance measured about the mean of x."""
+    return float((x - x_hat).square().sum() / (x - x.mean(0)).square().sum().clamp_min(1e-12))
+
+
+def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
+    """(CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 = as good as the clean model, 0 = as bad as zero-ablation."""
+    gap = ce_zero - ce_clean
+    return (ce_zero - ce_spliced) / gap if abs(gap) > 1e-12 else float("nan")
+
+
+@torch.no_grad()
+def evaluate(
+    decomposer, data: ActivationStore | torch.Tensor, batch_size: int = 4096, max_tokens: int | None = None,
+    dense_threshold: float = 0.1,
+) -> dict[str, float]:  # fmt: skip
+    """Streaming reconstruction / sparsity metrics of `decomposer` on `data` (a store, or `[n, d_in]`)."""
+    if isinstance(data, ActivationStore):
+        chunks = data.batches(batch_size, shuffle=False)
+    else:
+        check_activations(data, error=DecomposerError)
+        chunks = (data[i : i + batch_size] for i in range(0, data.shape[0], batch_size))
+    n = 0
+    sum_x2 = sq_error = 0.0
+    sum_vec = None
+    firing = torch.zeros(decomposer.n_features)
+    nonzero = 0.0
+    for x in chunks:
+        if max_tokens is not None and n >= max_tokens:
+            break
+        x = x.float()
+        codes = decomposer.encode(x)
+        x_hat = decomposer.decode(codes).to(x.device)
+        active = codes > 0
+        firing += active.sum(0).float().cpu()
+        nonzero += float(active.sum())
+        sq_error += float((x - x_hat).square().sum())
+        sum_vec = x.sum(0) if sum_vec is None else sum_vec + x.sum(0)
+        sum_x2 += float(x.square().sum())
+        n += x.shape[0]
+    d = sum_vec.shape[0]
+    variance_about_mean = sum_x2 - float(sum_vec.square().sum()) / n  # sum ||x - mean||^2
+    result = {
+        "n_tokens": n,
+        "mse": sq_error / n,
+        "mse_per_dim": sq_error / (n * d),
+        "fvu": sq_error / max(variance_about_mean, 1e-12),
+        "l0": nonzero / n,
+        "dead_fraction": float((firing == 0).float().mean()),
+        "dense_fraction": float((firing / n > dense_threshold).float().mean()),
+    }
+    result["explained_variance"] = 1 - result["fvu"]
+    return result
