@@ -21,7 +21,7 @@ import torch
 
 from interp.core.device import resolve_device
 from interp.models.sites import FAMILIES, family_of
-from interp.models.sources import MODEL_SOURCES, ModelError, load_folder, convert_gguf
+from interp.models.sources import MODEL_SOURCES, ModelError, convert_gguf, load_folder
 
 DEFAULT_MODEL = "gemma-3-270m"
 
