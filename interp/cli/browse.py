@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,4 +36,21 @@ def browse_cmd(
            "--server.address", "localhost", "--server.headless", str(not open_browser).lower(),
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]  # fmt: skip
     typer.echo(f"feature browser on http://localhost:{port} (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    raise typer.Exit(run_child(cmd, env))
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> int:
+    """Run `cmd` until it exits; SIGTERM or Ctrl-C to this process stops the child too (no orphaned server)."""
+    child = subprocess.Popen(cmd, env=env)
+
+    def stop(signum, frame) -> None:
+        child.terminate()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.terminate()
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
