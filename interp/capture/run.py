@@ -80,40 +80,17 @@ def capture(
     `shard_tokens` rows per shard (default: about 64 MB per shard of the widest site).
     Returns the stores by site name and what this call wrote.
     """
-    if backend not in BACKENDS:
-        raise CaptureError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    _check_settings(model, contexts, backend, dtype, batch_size)
     run = backend_runner(backend)
     info = model.info
     site_list = parse_sites(sites, info.n_layers)
-    if dtype not in DTYPES:
-        raise CaptureError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    if contexts.context_len > info.n_ctx:
-        raise CaptureError(
-            f"context length {contexts.context_len} is longer than {info.name} accepts ({info.n_ctx}); "
-            f"pass --context-len {info.n_ctx} or less"
-        )
-    if batch_size < 1:
-        raise CaptureError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rank, world = distributed.rank(), distributed.world_size()
     begin, stop = distributed.rank_range(
         contexts.n_contexts
     )  # this rank's contexts (all of them in one process)
-
-    def folder(site: Site) -> Path:
-        return out / site.name if world == 1 else out / site.name / f"rank_{rank:03d}"
-
-    stores = {
-        site.name: ActivationStore.create(
-            folder(site),
-            StoreManifest(
-                model=info.name, site=site.name, d=site.width(info), dtype=dtype,
-                corpus_fingerprint=contexts.fingerprint, context_len=contexts.context_len, drop_bos=drop_bos,
-            ),
-        )
-        for site in site_list
-    }  # fmt: skip
+    stores = _open_stores(model, contexts, site_list, out, dtype, drop_bos)
     # Resume: every site restarts after the last context that all of them committed.
     done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
     old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
@@ -131,17 +108,67 @@ def capture(
         widest = max(site.width(info) for site in site_list)
         shard_tokens = max(1024, (64 << 20) // (widest * DTYPES[dtype].itemsize))
 
-    start_time, written = time.perf_counter(), 0
-    remaining = int(keep_mask(contexts, done, stop, drop_bos).sum())
+    start_time = time.perf_counter()
+    batches = range(done, stop, batch_size)
+    written = _write_shards(model, run, contexts, site_list, stores, batches, stop, drop_bos, dtype,
+                            shard_tokens, progress)  # fmt: skip
+    return _finish(stores, site_list, out, world), CaptureStats(written, time.perf_counter() - start_time)
+
+
+def _check_settings(
+    model: LoadedModel, contexts: Contexts, backend: str, dtype: str, batch_size: int
+) -> None:
+    """Refuse settings that cannot work, naming the fix."""
+    info = model.info
+    if backend not in BACKENDS:
+        raise CaptureError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise CaptureError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if contexts.context_len > info.n_ctx:
+        raise CaptureError(
+            f"context length {contexts.context_len} is longer than {info.name} accepts ({info.n_ctx}); "
+            f"pass --context-len {info.n_ctx} or less"
+        )
+    if batch_size < 1:
+        raise CaptureError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _open_stores(model: LoadedModel, contexts: Contexts, sites: list[Site], out: Path, dtype: str,
+                 drop_bos: bool) -> dict[str, ActivationStore]:  # fmt: skip
+    """The store of each site under `out` (this rank's part under torch.distributed), opened to append."""
+    info, rank, world = model.info, distributed.rank(), distributed.world_size()
+
+    def folder(site: Site) -> Path:
+        return out / site.name if world == 1 else out / site.name / f"rank_{rank:03d}"
+
+    return {
+        site.name: ActivationStore.create(
+            folder(site),
+            StoreManifest(
+                model=info.name, site=site.name, d=site.width(info), dtype=dtype,
+                corpus_fingerprint=contexts.fingerprint, context_len=contexts.context_len, drop_bos=drop_bos,
+            ),
+        )
+        for site in sites
+    }  # fmt: skip
+
+
+def _write_shards(model: LoadedModel, run: Callable, contexts: Contexts, site_list: list[Site],
+                  stores: dict[str, ActivationStore], batches: range, stop: int, drop_bos: bool, dtype: str,
+                  shard_tokens: int, progress: bool) -> int:  # fmt: skip
+    """Run the model over the contexts of `batches` (starts of batches of contexts) and commit a shard of every
+    site each time `shard_tokens` rows are buffered; returns the rows written per site."""
+    written = 0
+    remaining = int(keep_mask(contexts, batches.start, stop, drop_bos).sum())
     bar = tqdm(
-        total=remaining, unit="tok", unit_scale=True, desc=f"capture {info.name}", disable=not progress
+        total=remaining, unit="tok", unit_scale=True, desc=f"capture {model.info.name}", disable=not progress
     )
     buffers: dict[Site, list[torch.Tensor]] = {site: [] for site in site_list}
     meta: list[torch.Tensor] = []  # per buffered batch: [n, 3] token id, context id, position
     buffered = 0
-    shard_start = done
-    for start in range(done, stop, batch_size):
-        end = min(start + batch_size, stop)
+    shard_start = batches.start
+    for start in batches:
+        end = min(start + batches.step, stop)
         length = int(contexts.lengths[start:end].max())
         tokens = contexts.token_ids[start:end, :length].to(model.device)
         acts = run(model, tokens, site_list)
@@ -168,7 +195,7 @@ def capture(
                 buffers[site] = []
             meta, written, buffered, shard_start = [], written + buffered, 0, end
     bar.close()
-    return _finish(stores, site_list, out, world), CaptureStats(written, time.perf_counter() - start_time)
+    return written
 
 
 def _finish(
