@@ -26,232 +26,31 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from interp.core import distributed
-from interp.core.checks import all_finite, check_activations
+from interp.core.checks import check_activations
 from interp.core.device import resolve_device
 from interp.core.io import atomic_write_json
 from interp.decompose.base import DecomposerError, read_decomposer, save_decomposer
 from interp.decompose.snmf.checkpoint import Checkpoints
+from interp.decompose.snmf.config import INITS, FitState, SNMFConfig
+from interp.decompose.snmf.data import _Data, _GMatrix
+from interp.decompose.snmf.init import initialize
+from interp.decompose.snmf.ops import (
+    dense_from_sparse,
+    matmul_precision,
+    multiplicative_update,
+    project,
+    solve_f,
+    transposed,
+    winner_take_all,
+)
 from interp.store import ActivationStore
-
-INITS = ("random", "svd", "kmeans")
-
-
-@dataclass(frozen=True)
-class SNMFConfig:
-    n_features: int = 100
-    """k, the number of features (with `hierarchy`, its first rank)."""
-    sparsity: float = 0.01
-    """Fraction of neurons each feature keeps (winner-take-all on |F| per column); the paper's default 1%."""
-    init: str = "svd"
-    """svd (Ding et al.; the default: on planted data random starts stall in local minima) | random (seeded:
-    G uniform in [0, 1), as the official code) | kmeans."""
-    svd_power_iters: int = 4
-    """SVD init: power iterations of the randomized subspace iteration that finds the top-k singular vectors of A
-    (one pass over the tokens each, plus one); 0: the exact Gram matrix A A^T and its full eigendecomposition
-    (d^3 work: minutes for a 14k-wide MLP)."""
-    max_iter: int = 500
-    """Iteration limit (official code default 500)."""
-    patience: int = 100
-    """Stop after this many iterations without improvement (official code default 100)."""
-    tol: float = 1e-6
-    """An iterate improves when loss < best_loss * (1 - tol) (relative; see module docstring)."""
-    ridge: float = 1e-6
-    """lambda of the F least-squares update."""
-    eps: float = 1e-6
-    """Added to the denominator of the multiplicative G update."""
-    seed: int = 0
-    device: str = "auto"
-    hierarchy: tuple[int, ...] = ()
-    """Ranks of a hierarchy, finest first (e.g. 400,200,100,50): level 1 is fitted on A at the first rank, each next
-    level on the previous level's feature matrix; the decomposer's features are level 1."""
-    chunk_tokens: int = 32768
-    """Tokens per streamed chunk of an in-memory tensor (stores stream shard by shard)."""
-    stream: bool | None = None
-    """Stream a store shard by shard every iteration (out of core); None: only when its activations take more
-    than `memory_limit_gb` (smaller stores are loaded once)."""
-    memory_limit_gb: float = 4.0
-    g_on_disk: bool | None = None
-    """Keep G in a memory-mapped file (None: when G is larger than 1 GiB or the data is a store)."""
-    checkpoint_every: int = 25
-    """Iterations between checkpoints when a checkpoint_dir is given."""
-    encode_iters: int = 50
-    """Multiplicative updates for the non-negative codes of new tokens (F fixed)."""
-    fast_matmul: bool = True
-    """Run the products A G `[d, k]` (the F update) and Q+- G^T (the G update, also in `encode`) at torch's
-    float32 matmul precision "medium": oneDNN's kernels on CPUs with bf16 instructions (1.5-2.5x faster than MKL
-    for these shapes; on AVX512-BF16 CPUs at float32 accuracy, 9e-8 relative to float64 against MKL's 2e-7; AMX
-    CPUs may round the inputs to bf16) and TF32 on GPUs. P = A^T F and G^T G, from which the loss is computed,
-    always run in strict float32, so the reported error is exact either way. False: strict float32 everywhere."""
-
-    def __post_init__(self) -> None:
-        if self.hierarchy:
-            object.__setattr__(self, "hierarchy", tuple(int(r) for r in self.hierarchy))
-            object.__setattr__(self, "n_features", self.hierarchy[0])
-
-
-@dataclass
-class FitState:
-    iteration: int = 0
-    best_loss: float = math.inf
-    best_iteration: int = 0
-    since_best: int = 0
-    losses: list[float] = field(default_factory=list)  # relative loss ||A - F G^T||^2 / ||A||^2 per iteration
-    stop_reason: str = ""
-    seconds: float = 0.0  # wall time of the iterations (the initialization not included)
-    cpu_seconds: float = 0.0  # CPU time of this process in the iterations (all threads)
-
-
-# ------------------------------------------------------------------------------------------- data streaming
-class _Data:
-    """x = A^T `[n, d]` as chunks (row ranges), from a tensor or a store."""
-
-    def __init__(self, data: ActivationStore | torch.Tensor, chunk_tokens: int, device: torch.device,
-                 shards: range | None = None):  # fmt: skip
-        self.device = device
-        self.offset = 0  # global index of this process's first token (set by a distributed fit)
-        self.shard_ids: list[int] = []
-        if isinstance(data, ActivationStore):
-            if data.n_tokens == 0:
-                raise DecomposerError(f"the store at {data.path} is empty; capture some tokens first")
-            self.store, self.neuron_major = data, []
-            self.shard_ids = list(shards if shards is not None else range(data.n_shards))
-            sizes = [data.manifest.shards[i].n_tokens for i in self.shard_ids]
-            self.d = data.d
-        else:
-            check_activations(data, error=DecomposerError)
-            self.store = None
-            sizes = [min(chunk_tokens, data.shape[0] - i) for i in range(0, data.shape[0], chunk_tokens)]
-            self.d = data.shape[1]
-        offsets = np.cumsum([0, *sizes])
-        self.ranges = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
-        self.n = int(offsets[-1])
-        if self.store is None:  # neuron-major copies [d, n_chunk], made once: F^T A reads whole neuron rows
-            # on the device: a GPU fit does not copy A over the bus every iteration (stores above
-            # memory_limit_gb stream instead)
-            self.neuron_major = [
-                data[start:end].to(device).T.float().contiguous() for start, end in self.ranges
-            ]
-
-    def chunks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """(start, end, x `[end - start, d]`). In memory each is the transposed view of a neuron-major copy (for
-        the sparse product F^T A); a store's shards come token-major (a transposing copy costs more than the
-        dense product)."""
-        for index, (start, end) in enumerate(self.ranges):
-            if self.store is not None:
-                x = self.store.load_shard(self.shard_ids[index])["acts"].to(self.device, torch.float32)
-                if not all_finite(x):
-                    raise DecomposerError(f"shard {index} of {self.store.path} holds NaN or inf")
-            else:
-                x = self.neuron_major[index].T
-            yield start, end, x
-
-
-class _GMatrix:
-    """G >= 0 held feature-major, G^T `[k, n]`, in memory on the fit's device or in a memory-mapped .npy file;
-    tokens are read and written by range (`g[start:end]` is `[k, end - start]`)."""
-
-    def __init__(self, n: int, k: int, path: Path | None, device: torch.device):
-        self.path, self._memmap = path, None
-        if path is None:
-            self.data = torch.zeros(k, n, device=device)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._memmap = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(k, n))
-            self.data = torch.from_numpy(self._memmap)
-
-    def __getitem__(self, tokens: slice) -> torch.Tensor:
-        return self.data[:, tokens]
-
-    def __setitem__(self, tokens: slice, value: torch.Tensor) -> None:
-        self.data[:, tokens] = value.to(self.data.device, torch.float32)
-
-    @property
-    def codes(self) -> torch.Tensor:
-        """G `[n, k]` (a view)."""
-        return self.data.T
-
-    def snapshot(self, target: Path) -> None:
-        """Write G to `target` (.npy) atomically: an on-disk checkpoint that later iterations do not touch."""
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, self.data.cpu().numpy())
-        tmp.replace(target)
-
-
-# ------------------------------------------------------------------------------------------- the algorithm
-def winner_take_all(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the m entries of largest |f| in each column of `f [d, k]`: returns (indices [k, m], values [k, m]).
-
-    Ties at the threshold are not all kept: exactly m entries survive per column (torch.topk chooses among equal
-    magnitudes), so every feature has the same neuron budget and (indices, values) keep a fixed shape."""
-    idx = f.abs().topk(m, dim=0).indices.T  # [k, m]
-    return idx, f.T.gather(1, idx)
-
-
-def dense_from_sparse(idx: torch.Tensor, vals: torch.Tensor, d: int) -> torch.Tensor:
-    """F `[d, k]` from per-column (indices, values) `[k, m]`."""
-    f = torch.zeros(idx.shape[0], d, device=vals.device, dtype=vals.dtype)
-    return f.scatter_(1, idx, vals).T
-
-
-def project(
-    x: torch.Tensor, f_dense: torch.Tensor, kept: tuple[torch.Tensor, torch.Tensor] | None
-) -> torch.Tensor:
-    """P^T = F^T A `[k, n]` for tokens x `[n, d]`. When x is a view of a neuron-major tensor and F's columns are
-    given as `kept` = (indices, values) `[k, m]`, row j of P^T is the weighted sum of the m neuron rows feature j
-    keeps: an embedding-bag sum, n k m work instead of n k d (m: 1% of d). Else a dense product."""
-    if kept is not None and x.T.is_contiguous():
-        idx, vals = kept
-        return torch.nn.functional.embedding_bag(idx, x.T, per_sample_weights=vals, mode="sum")
-    return transposed(x @ f_dense)  # BLAS runs A^T F faster than F^T A, and a blocked transpose costs little
-
-
-def transposed(y: torch.Tensor, block: int = 4096) -> torch.Tensor:
-    """y^T as a contiguous `[k, n]` for y `[n, k]`, copied in blocks of rows (a single strided copy of a tall
-    matrix runs several times slower)."""
-    out = torch.empty(y.shape[1], y.shape[0], device=y.device, dtype=y.dtype)
-    for start in range(0, y.shape[0], block):  # a loop over blocks of tokens
-        out[:, start : start + block] = y[start : start + block].T
-    return out
-
-
-def multiplicative_update(g: torch.Tensor, p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
-    """One Ding-Li-Jordan semi-NMF update of G, feature-major: G^T `[k, n]` given P^T = F^T A `[k, n]` and
-    Q = F^T F `[k, k]` (symmetric, so (G Q+)^T = Q+ G^T). P is left as it was."""
-    denominator = (eps - p).clamp_min_(eps).addmm_(q.clamp_min(0), g)  # P- + eps + G Q+
-    numerator = p.clamp_min(0).addmm_((-q).clamp_min(0), g)  # P+ + G Q-
-    return numerator.div_(denominator).sqrt_().mul_(g)  # in place on the temporaries: few passes over [k, n]
-
-
-@contextmanager
-def matmul_precision(fast: bool) -> Iterator[None]:
-    """float32 products inside run at torch's precision "medium" when `fast` (see SNMFConfig.fast_matmul)."""
-    if not fast:
-        yield
-        return
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("medium")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved)
-
-
-def solve_f(ag: torch.Tensor, gtg: torch.Tensor, ridge: float) -> torch.Tensor:
-    """F = A G (G^T G + ridge I)^-1 `[d, k]`."""
-    eye = torch.eye(gtg.shape[0], device=gtg.device, dtype=gtg.dtype)
-    chol = torch.linalg.cholesky(gtg + ridge * eye)
-    return ag @ torch.cholesky_inverse(chol)  # a [k, k] inverse, then one product: faster than a [d, k] solve
 
 
 class SNMF:
@@ -413,7 +212,7 @@ class SNMF:
                                                       dtype=torch.float64)))  # fmt: skip
             if norm_a2 == 0:
                 raise DecomposerError("the activations are all zero; nothing to factorize")
-            ag, gtg = self._initialize(stream, g, k)
+            ag, gtg = initialize(cfg, stream, g, k, self._reduce)
             f_best = torch.zeros(d, k, device=device)
 
         bar = tqdm(total=cfg.max_iter, initial=state.iteration, desc=f"SNMF k={k}", disable=not progress)
@@ -481,85 +280,6 @@ class SNMF:
             self.state = state
             self.g_best = g_best.codes.cpu()  # the codes of the fitted tokens (best iterate), [n_tokens, k]
         return f_best.cpu()
-
-    def _initialize(self, stream: _Data, g: _GMatrix, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fill G with the chosen init and return the sums (A G, G^T G) that the first F update needs."""
-        cfg, device, d = self.config, stream.device, stream.d
-        gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.init == "svd":
-            # Ding et al.: F = U sqrt(S), G = clamp(V sqrt(S)); U, S^2 the top eigenpairs of A A^T
-            top, u = self._top_eigenpairs(stream, k, gen)
-            scale = top.clamp_min(1e-12) ** -0.25  # V sqrt(S) = A^T U S^-1/2, and S = sqrt(eigenvalues)
-            sums = torch.zeros(k, device=device)  # orient each singular pair so that its V has positive mass
-            for _, _, x in stream.chunks():
-                sums += (x @ u).sum(0)
-            self._reduce(sums)
-            u = u * torch.where(sums < 0, -1.0, 1.0)
-        elif cfg.init == "kmeans":
-            centroids = self._kmeans(stream, k, gen)
-        for start, end, x in stream.chunks():
-            if cfg.init == "random":
-                # seeded by the chunk's first global row: a distributed fit draws the same G as a single process
-                chunk_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stream.offset + start)
-                chunk = torch.rand(end - start, k, generator=chunk_gen).clamp_min(1e-6)
-            elif cfg.init == "svd":
-                chunk = ((x @ u) * scale).clamp_min(1e-6).cpu()
-            else:
-                assign = torch.cdist(x, centroids).argmin(dim=1)
-                chunk = torch.nn.functional.one_hot(assign, k).float().clamp_min(1e-6).cpu()
-            g[start:end] = chunk.T
-        ag, gtg = torch.zeros(d, k, device=device), torch.zeros(k, k, device=device)
-        for start, end, x in stream.chunks():
-            g_chunk = g[start:end].to(device)  # [k, c]
-            ag += x.T @ g_chunk.T
-            gtg += g_chunk @ g_chunk.T
-        return self._reduce(ag), self._reduce(gtg)
-
-    def _top_eigenpairs(
-        self, stream: _Data, k: int, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k leading eigenpairs (values `[k]`, vectors `[d, k]`) of A A^T = sum over chunks of x^T x.
-
-        svd_power_iters = 0: the exact Gram matrix and eigh (d^2 n + d^3 work, d^2 memory). Else randomized
-        subspace iteration (Halko, Martinsson & Tropp 2011) without forming A A^T: each pass over the tokens
-        multiplies a `[d, 2k]` basis by A A^T (4 n d k work), and the error falls as (s_2k / s_k)^(2 x passes)."""
-        cfg, d, device = self.config, stream.d, stream.device
-        if cfg.svd_power_iters == 0:
-            gram = torch.zeros(d, d, device=device, dtype=torch.float64)
-            for _, _, x in stream.chunks():
-                gram += (x.T @ x).double()
-            eigvals, eigvecs = torch.linalg.eigh(self._reduce(gram))
-            return eigvals.flip(0)[:k].float(), eigvecs.flip(1)[:, :k].float()
-        basis = torch.linalg.qr(torch.randn(d, min(d, 2 * k), generator=gen).to(device)).Q
-        for step in range(cfg.svd_power_iters + 1):
-            product = torch.zeros_like(basis)
-            for _, _, x in stream.chunks():
-                with matmul_precision(cfg.fast_matmul):
-                    product += x.T @ (x @ basis)
-            product = self._reduce(product)  # A A^T basis
-            if step < cfg.svd_power_iters:
-                basis = torch.linalg.qr(product).Q
-        small = (basis.T @ product).double()  # basis^T A A^T basis [2k, 2k]
-        eigvals, eigvecs = torch.linalg.eigh((small + small.T) / 2)
-        return eigvals.flip(0)[:k].float(), basis @ eigvecs.flip(1)[:, :k].float()
-
-    def _kmeans(self, stream: _Data, k: int, gen: torch.Generator, iters: int = 20) -> torch.Tensor:
-        """k-means centroids `[k, d]` of the tokens (Lloyd, seeded by k random tokens), streamed."""
-        picks = sorted(torch.randperm(stream.n, generator=gen)[:k].tolist())
-        centroids = torch.zeros(k, stream.d, device=stream.device)
-        for start, end, x in stream.chunks():
-            inside = [i for i, p in enumerate(picks) if start <= p < end]
-            if inside:
-                centroids[inside] = x[[picks[i] - start for i in inside]]
-        for _ in range(iters):
-            sums, counts = torch.zeros_like(centroids), torch.zeros(k, device=stream.device)
-            for _, _, x in stream.chunks():
-                assign = torch.cdist(x, centroids).argmin(dim=1)
-                sums.index_add_(0, assign, x)
-                counts += torch.bincount(assign, minlength=k).float()
-            keep = counts > 0
-            centroids[keep] = sums[keep] / counts[keep, None]
-        return centroids
 
     def _fit_hierarchy(self, progress: bool) -> None:
         """Each coarser level factorizes the previous level's F `[d, r_prev]` (its columns as the 'tokens')."""
