@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import grimp
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "interp"
 
@@ -36,10 +35,6 @@ def test_no_private_name_imported_from_another_package():
     assert not offenders, offenders
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open in issue 14: interp/decompose/sae/model.py (480 lines) still dispatches on architecture names; one class per architecture is not done yet",
-)
 def test_no_module_over_400_lines():
     long = {
         str(p.relative_to(ROOT)): n
@@ -49,10 +44,6 @@ def test_no_module_over_400_lines():
     assert not long, long
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open in issue 14: interp/decompose/sae/model.py (480 lines) still dispatches on architecture names; one class per architecture is not done yet",
-)
 def test_no_if_elif_over_architecture_or_backend_names():
     pattern = re.compile(r"(arch|architecture|backend)\s*(==|in)\s*[\"'(]")
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in ROOT.rglob("*.py")

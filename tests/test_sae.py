@@ -9,7 +9,8 @@ import torch
 
 from interp.decompose import DecomposerError, load_decomposer
 from interp.decompose.mp_sae import MPSAE, MPSAEConfig, pursuit_reference
-from interp.decompose.sae.model import SAE, SAEConfig, _JumpReLU, _Step
+from interp.decompose.sae.model import SAE, SAEConfig
+from interp.decompose.sae.sparse import JumpReLU, Step
 from interp.evaluate.recon import ce_loss_recovered, evaluate, fvu
 
 
@@ -122,12 +123,12 @@ def test_mp_codes_match_a_plain_reference(data, mpsae):
 def test_jumprelu_threshold_receives_gradient():
     pre = torch.tensor([[0.1, 0.5, 1.0005, 2.0]], requires_grad=True)
     theta = torch.full((4,), 1.0, requires_grad=True)
-    out = _JumpReLU.apply(pre, theta, 0.01)
+    out = JumpReLU.apply(pre, theta, 0.01)
     assert torch.equal(out.detach(), torch.tensor([[0.0, 0.0, 1.0005, 2.0]]))
     out.sum().backward()
     assert theta.grad[2] != 0 and theta.grad[[0, 1, 3]].abs().sum() == 0
     theta.grad = None
-    _Step.apply(pre, theta, 0.01).sum().backward()
+    Step.apply(pre, theta, 0.01).sum().backward()
     assert theta.grad[2] < 0  # raising the threshold lowers L0
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from interp.decompose.base import DecomposerError
 from interp.decompose.sae import SAE
+from interp.decompose.sae.unit_decoder import normalize_rows_, remove_parallel_gradient_
 
 GROUP = 64
 """Atoms per group in the two-level argmax of the pursuit."""
@@ -234,14 +235,11 @@ class MPSAEModule(nn.Module):
             "fired": fired,
         }
 
-    @torch.no_grad()
     def normalize_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        normalize_rows_(self.W_dec)
 
-    @torch.no_grad()
     def remove_parallel_gradient(self) -> None:
-        if self.W_dec.grad is not None:
-            self.W_dec.grad.sub_((self.W_dec.grad * self.W_dec).sum(1, keepdim=True) * self.W_dec)
+        remove_parallel_gradient_(self.W_dec)
 
     @torch.no_grad()
     def fold_scale(self) -> None:

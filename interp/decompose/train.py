@@ -205,7 +205,7 @@ def train(
     loss_of = _data_parallel(module, device)
 
     use_autocast = cfg.autocast and device.type == "cuda"
-    resample_every = cfg.resample_every if getattr(cfg, "architecture", "") == "relu" else -1
+    resample_every = cfg.resample_every if getattr(module, "resamples_dead", False) else -1
     if resample_every == 0:
         resample_every = max(1, cfg.n_steps // 4)
     bar = tqdm(total=cfg.n_steps, initial=step, desc=f"train {decomposer.method}",

@@ -21,6 +21,22 @@ SAELENS_ARCHITECTURE = {
     "batchtopk": "jumprelu",
     "mpsae": "matching_pursuit",
 }
+
+
+def _nothing(config: Any) -> dict:
+    return {}
+
+
+# architecture -> the cfg.json fields only it has. SAELens' MP-SAE: tied W_dec, stops after max_iterations or
+# below the residual threshold.
+SAELENS_EXTRA_CONFIG = {
+    "topk": lambda config: {"k": config.k},
+    "mpsae": lambda config: {
+        "max_iterations": config.inference_steps or config.k,
+        "residual_threshold": config.residual_threshold,
+        "stop_on_duplicate_support": False,
+    },
+}
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CONFIG = "cfg.json"
 
@@ -39,14 +55,7 @@ def saelens_config(
         "reshape_activations": "none",
         "metadata": {"model_name": model_name, "hook_name": hook_name, "interp_architecture": architecture},
     }
-    if architecture == "topk":
-        cfg["k"] = config.k
-    if (
-        architecture == "mpsae"
-    ):  # SAELens' MP-SAE: tied W_dec, stops after max_iterations or below the threshold
-        cfg["max_iterations"] = config.inference_steps or config.k
-        cfg["residual_threshold"] = config.residual_threshold
-        cfg["stop_on_duplicate_support"] = False
+    cfg.update(SAELENS_EXTRA_CONFIG.get(architecture, _nothing)(config))
     return cfg
 
 

@@ -4,12 +4,7 @@
     f   = sparsify(pre) >= 0                 codes [n, d_sae]
     x_hat = f W_dec + b_dec                  W_dec [d_sae, d_in] (unit rows), b_dec [d_in]
 
-| architecture | training codes | inference codes | sparsity term |
-|---|---|---|---|
-| relu | ReLU(pre) | same | l1_coeff * sum_i f_i ||W_dec[i]|| (warmed up) |
-| topk | k largest of ReLU(pre) | same | none (k sets L0); AuxK on dead latents |
-| batchtopk | k * batch largest of ReLU(pre) over the batch | pre > threshold (running estimate) | AuxK |
-| jumprelu | pre * H(pre - theta), straight-through in theta | same | l0_coeff * L0 (straight-through) |
+The architectures (their codes and sparsity terms) are the table in `interp.decompose.sae.architectures`.
 
 Activations are scaled to mean norm sqrt(d_in) while training (so settings transfer across sites); the scale is
 folded into the weights when training ends, so `encode` / `decode` work on raw activations. TopK and BatchTopK
@@ -22,10 +17,8 @@ and b_dec). AuxK reuses the same pre-activations. Gradients equal the dense form
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -33,9 +26,10 @@ from torch import nn
 from interp.core import distributed
 from interp.core.checks import check_activations
 from interp.decompose.base import DecomposerError, read_decomposer, save_decomposer
+from interp.decompose.sae.architectures import ARCHITECTURES
+from interp.decompose.sae.sparse import make_selection, selected_pre, sparse_decode, topk_selection
+from interp.decompose.sae.unit_decoder import normalize_rows_, remove_parallel_gradient_
 from interp.store import ActivationStore
-
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 
 
 @dataclass(frozen=True)
@@ -86,7 +80,7 @@ class SAEConfig:
             raise DecomposerError(
                 f"unknown SAE architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}"
             )
-        if self.architecture in ("topk", "batchtopk") and not 0 < self.k <= self.n_features:
+        if ARCHITECTURES[self.architecture].uses_k and not 0 < self.k <= self.n_features:
             raise DecomposerError(f"k={self.k} must be between 1 and n_features={self.n_features}")
 
     @property
@@ -94,152 +88,13 @@ class SAEConfig:
         return self.lr or 2e-4 / math.sqrt(self.n_features / 16384)
 
 
-# --------------------------------------------------------------------------------------------- sparse helpers
-class Selection(NamedTuple):
-    """The (token, latent) pairs a TopK-style SAE keeps, in row-major order (latents ascending within a token).
-
-    Token `rows[i]` uses latent `cols[i]`; token b's pairs are `offsets[b] : offsets[b + 1]` (CSR layout);
-    `latent_token` is `[cols; rows]` `[2, nnz]`, the indices of the transposed pattern.
-    """
-
-    rows: torch.Tensor  # [nnz]
-    cols: torch.Tensor  # [nnz]
-    offsets: torch.Tensor  # [B + 1]
-    latent_token: torch.Tensor  # [2, nnz]
-
-
-def _selection(rows: torch.Tensor, cols: torch.Tensor, offsets: torch.Tensor) -> Selection:
-    return Selection(rows, cols, offsets, torch.stack([cols, rows]))
-
-
-def topk_selection(pre: torch.Tensor, k: int) -> Selection:
-    """The k largest latents of each row of `pre [B, d_sae]`."""
-    n_rows = pre.shape[0]
-    cols = pre.topk(k, dim=1, sorted=False).indices.sort(dim=1).values.reshape(-1)
-    rows = torch.arange(n_rows, device=pre.device).repeat_interleave(k)
-    return _selection(rows, cols, torch.arange(0, n_rows * k + 1, k, device=pre.device))
-
-
-def mask_selection(mask: torch.Tensor) -> Selection:
-    """The latents where `mask [B, d_sae]` is true."""
-    rows, cols = mask.nonzero(as_tuple=True)
-    offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.long, device=mask.device)
-    offsets[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
-    return _selection(rows, cols, offsets)
-
-
-def _rows_to_latents(
-    sel: Selection, weights: torch.Tensor, dense: torch.Tensor, n_latents: int
-) -> torch.Tensor:
-    """S^T dense `[n_latents, d]` for the sparse S `[B, n_latents]` holding `weights [nnz]` at the selection:
-    one axpy per kept pair (a COO sparse-dense product), never a dense [B, n_latents] matrix."""
-    s_t = torch.sparse_coo_tensor(
-        sel.latent_token, weights, (n_latents, dense.shape[0]), check_invariants=False
-    )
-    return torch.sparse.mm(s_t, dense)
-
-
-class _SelectedPre(torch.autograd.Function):
-    """pre[rows, cols] of pre = (x - b_dec) W_enc + b_enc, `[nnz]`, with pre `[B, d_sae]` computed once outside
-    autograd. Gradients go to b_dec, W_enc and b_enc (x is data) through the selected entries only:
-    dW_enc = (x - b_dec)^T S, db_enc = column sums of S, db_dec = -W_enc db_enc (S: the sparse gradient)."""
-
-    @staticmethod
-    def forward(ctx, centered, b_dec, w_enc, b_enc, pre, sel: Selection):
-        ctx.save_for_backward(centered, w_enc)
-        ctx.sel = sel
-        return pre[sel.rows, sel.cols]
-
-    @staticmethod
-    def backward(ctx, grad):
-        centered, w_enc = ctx.saved_tensors
-        sel = ctx.sel
-        grad = grad.to(w_enc.dtype)
-        grad_b_enc = grad.new_zeros(w_enc.shape[1]).index_add_(0, sel.cols, grad)
-        grad_b_dec = -(w_enc @ grad_b_enc) if ctx.needs_input_grad[1] else None
-        grad_w_enc = None
-        if ctx.needs_input_grad[2]:
-            grad_w_enc = _rows_to_latents(sel, grad, centered.to(w_enc.dtype), w_enc.shape[1]).T.contiguous()
-        return None, grad_b_dec, grad_w_enc, grad_b_enc, None, None
-
-
-class _SparseDecode(torch.autograd.Function):
-    """sum over a token's kept pairs of vals * W_dec[col], `[B, d_in]`, touching only the kept rows of W_dec.
-    Backward: dvals = <g[row], W_dec[col]> per pair (sampled dense-dense product), dW_dec = S^T g."""
-
-    @staticmethod
-    def forward(ctx, vals, w_dec, sel: Selection):
-        vals = vals.to(w_dec.dtype)
-        ctx.save_for_backward(vals, w_dec)
-        ctx.sel = sel
-        return nn.functional.embedding_bag(
-            sel.cols, w_dec, sel.offsets[:-1], mode="sum", per_sample_weights=vals
-        )
-
-    @staticmethod
-    def backward(ctx, grad):
-        vals, w_dec = ctx.saved_tensors
-        sel = ctx.sel
-        grad = grad.contiguous().to(w_dec.dtype)
-        grad_vals = grad_w_dec = None
-        if ctx.needs_input_grad[0]:
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                pattern = torch.sparse_csr_tensor(sel.offsets, sel.cols, torch.zeros_like(vals),
-                                                  (grad.shape[0], w_dec.shape[0]))  # fmt: skip
-                grad_vals = torch.sparse.sampled_addmm(pattern, grad, w_dec.T, beta=0.0).values()
-        if ctx.needs_input_grad[1]:
-            grad_w_dec = _rows_to_latents(sel, vals, grad, w_dec.shape[0])
-        return grad_vals, grad_w_dec, None
-
-
-def sparse_decode(sel: Selection, vals: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
-    """sum_i vals[i] W_dec[cols[i]] per token, `[B, d_in]`; gradients touch only the kept latents."""
-    return _SparseDecode.apply(vals, w_dec, sel)
-
-
-class _JumpReLU(torch.autograd.Function):
-    """pre * H(pre - theta); gradient to theta by the rectangle-kernel straight-through estimator."""
-
-    @staticmethod
-    def forward(ctx, pre, theta, bandwidth: float):
-        ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > theta)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, theta = ctx.saved_tensors
-        bw = ctx.bandwidth
-        near = ((pre - theta).abs() < bw / 2).to(grad.dtype)
-        grad_theta = (-(theta / bw) * near * grad).sum(0)
-        return grad * (pre > theta), grad_theta, None
-
-
-class _Step(torch.autograd.Function):
-    """H(pre - theta) for the L0 penalty; straight-through gradient to theta only."""
-
-    @staticmethod
-    def forward(ctx, pre, theta, bandwidth: float):
-        ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
-        return (pre > theta).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, theta = ctx.saved_tensors
-        bw = ctx.bandwidth
-        near = ((pre - theta).abs() < bw / 2).to(grad.dtype)
-        return None, (-(1.0 / bw) * near * grad).sum(0), None
-
-
-# --------------------------------------------------------------------------------------------- the module
 class SAEModule(nn.Module):
     """The parameters and the forward pass of one SAE (on scaled activations while training)."""
 
     def __init__(self, config: SAEConfig, d_in: int):
         super().__init__()
         self.config, self.d_in = config, d_in
+        self.architecture = ARCHITECTURES[config.architecture]
         d_sae = config.n_features
         gen = torch.Generator().manual_seed(config.seed)
         w_dec = torch.randn(d_sae, d_in, generator=gen)
@@ -253,27 +108,22 @@ class SAEModule(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))  # activation scale (1 once folded)
 
     @property
+    def resamples_dead(self) -> bool:
+        return self.architecture.resamples_dead
+
+    @property
     def threshold(self) -> torch.Tensor:
-        """Per-latent threshold `[d_sae]`: theta for JumpReLU, the batch threshold for BatchTopK, else 0."""
-        if self.config.architecture == "jumprelu":
-            return self.log_threshold.exp()
-        if self.config.architecture == "batchtopk":
-            return self.batch_threshold.expand(self.config.n_features)
-        return torch.zeros(self.config.n_features, device=self.b_enc.device)
+        """Per-latent inference threshold `[d_sae]` (theta for JumpReLU, the batch threshold for BatchTopK), else 0."""
+        if self.architecture.threshold is None:
+            return torch.zeros(self.config.n_features, device=self.b_enc.device)
+        return self.architecture.threshold(self)
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         return (x * self.scale - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference codes `[n, d_sae]` of raw activations (dense, >= 0)."""
-        pre = self.pre_acts(x)
-        arch = self.config.architecture
-        if arch == "relu":
-            return pre.clamp_min(0)
-        if arch == "topk":
-            vals, idx = pre.topk(self.config.k, dim=1)
-            return torch.zeros_like(pre).scatter_(1, idx, vals.clamp_min(0))
-        return pre * (pre > self.threshold) * (pre > 0)
+        """Inference codes `[n, d_sae]` of raw activations `x [n, d_in]` (dense, >= 0)."""
+        return self.architecture.encode(self, self.pre_acts(x))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return (codes @ self.W_dec + self.b_dec) / self.scale
@@ -283,45 +133,47 @@ class SAEModule(nn.Module):
     ) -> tuple[torch.Tensor, dict]:
         """Loss on a batch of scaled activations `x [B, d_in]`; also returns codes statistics for the trainer.
 
-        MSE = mean over tokens of the squared error summed over d_in.
+        MSE = mean over tokens of the squared error summed over d_in, plus the architecture's penalty and AuxK.
         """
-        cfg, arch = self.config, self.config.architecture
-        stats: dict = {}
-        if arch in ("topk", "batchtopk"):  # sparse: the only dense product is the encoder's forward
-            with torch.no_grad():
-                data = x - self.b_dec
-                pre = self._encoder_pre(data)
-                sel = topk_selection(pre, cfg.k) if arch == "topk" else self._batch_selection(pre)
-            vals = _SelectedPre.apply(data, self.b_dec, self.W_enc, self.b_enc, pre, sel).clamp_min(0)
-            x_hat = sparse_decode(sel, vals, self.W_dec) + self.b_dec
-            fired = torch.zeros(cfg.n_features, device=x.device).index_add_(0, sel.cols, (vals > 0).float())
-            stats["l0"] = float((vals > 0).sum()) / x.shape[0]
+        arch = self.architecture
+        if arch.select is not None:
+            x_hat, codes, pre, fired, l0 = self._sparse_forward(x)
         else:
-            pre = (x - self.b_dec) @ self.W_enc + self.b_enc
-            if arch == "relu":
-                codes = pre.clamp_min(0)
-            else:  # jumprelu
-                theta = self.log_threshold.exp()
-                codes = _JumpReLU.apply(pre, theta, cfg.bandwidth)
-            x_hat = codes @ self.W_dec + self.b_dec
-            fired = (codes > 0).float().sum(0)
-            stats["l0"] = float((codes > 0).sum(1).float().mean())
+            x_hat, codes, pre, fired, l0 = self._dense_forward(x)
         error = x - x_hat
         mse = error.square().sum(-1).mean()
         loss = mse
-        if arch == "relu":
-            loss = loss + l1_coeff * (codes * self.W_dec.norm(dim=1)).sum(-1).mean()
-        elif arch == "jumprelu":
-            l0 = _Step.apply(pre, self.log_threshold.exp(), cfg.bandwidth).sum(-1).mean()
-            loss = loss + cfg.l0_coeff * l0
-        if arch in ("topk", "batchtopk") and dead.any():
-            loss = loss + cfg.aux_coeff * self._aux_loss(data, pre, error.detach(), dead)
+        if arch.penalty is not None:
+            loss = loss + arch.penalty(self, pre, codes, l1_coeff)
+        if arch.aux_loss and dead.any():
+            loss = loss + self.config.aux_coeff * self._aux_loss(x - self.b_dec, pre, error.detach(), dead)
         variance = x.detach().var(0, correction=0).sum()  # mean over tokens of ||x - mean||^2
         mse_value = float(mse.detach())
-        stats.update(
-            mse=mse_value, fvu=mse_value / max(float(variance.detach()), 1e-12), fired=fired.detach()
-        )
+        stats = {"l0": l0, "mse": mse_value, "fvu": mse_value / max(float(variance.detach()), 1e-12),
+                 "fired": fired.detach()}  # fmt: skip
         return loss, stats
+
+    def _sparse_forward(self, x: torch.Tensor):
+        """TopK-style: the only dense product is the encoder's forward; the rest touches the kept pairs only.
+        Returns (x_hat [B, d_in], kept values [nnz], pre [B, d_sae], fired [d_sae], mean L0)."""
+        with torch.no_grad():
+            data = x - self.b_dec
+            pre = self._encoder_pre(data)
+            sel = self.architecture.select(self, pre)
+        vals = selected_pre(data, self.b_dec, self.W_enc, self.b_enc, pre, sel).clamp_min(0)
+        x_hat = sparse_decode(sel, vals, self.W_dec) + self.b_dec
+        fired = torch.zeros(self.config.n_features, device=x.device).index_add_(
+            0, sel.cols, (vals > 0).float()
+        )
+        return x_hat, vals, pre, fired, float((vals > 0).sum()) / x.shape[0]
+
+    def _dense_forward(self, x: torch.Tensor):
+        """Dense codes under autograd. Returns (x_hat, codes [B, d_sae], pre, fired [d_sae], mean L0)."""
+        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+        codes = self.architecture.train_codes(self, pre)
+        x_hat = codes @ self.W_dec + self.b_dec
+        fired = (codes > 0).float().sum(0)
+        return x_hat, codes, pre, fired, float((codes > 0).sum(1).float().mean())
 
     @torch.no_grad()
     def _encoder_pre(self, data: torch.Tensor) -> torch.Tensor:
@@ -340,24 +192,6 @@ class SAEModule(nn.Module):
             buffer = self._pre_buffer = data.new_empty(shape)
         return torch.addmm(self.b_enc, data, self.W_enc, out=buffer)
 
-    @torch.no_grad()
-    def _batch_selection(self, pre: torch.Tensor) -> Selection:
-        """BatchTopK: keep the k * B largest ReLU(pre) over the whole batch (under DDP: over every rank's part of
-        it); update the running inference threshold with the smallest kept activation."""
-        cfg = self.config
-        relu = pre.clamp_min(0)
-        cut = distributed.kth_largest(relu.reshape(-1), cfg.k * pre.shape[0] * distributed.world_size())
-        smallest = cut  # smallest kept (fewer than k * B positive: the smallest positive)
-        if float(cut) <= 0:  # the same on every rank
-            positive = relu.masked_fill(relu <= 0, math.inf).min()
-            smallest = distributed.all_reduce(positive, "min").nan_to_num(posinf=0.0)
-        m = cfg.threshold_momentum
-        first = self.batch_threshold == 0
-        self.batch_threshold.copy_(
-            torch.where(first, smallest, m * self.batch_threshold + (1 - m) * smallest)
-        )
-        return mask_selection((pre >= cut) & (pre > 0))
-
     def _aux_loss(
         self, centered: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor
     ) -> torch.Tensor:
@@ -367,22 +201,17 @@ class SAEModule(nn.Module):
         with torch.no_grad():
             dead_latents = dead.nonzero()[:, 0]  # ascending, so the chosen latents stay sorted per token
             local = topk_selection(pre.index_select(1, dead_latents), aux_k)
-            sel = _selection(local.rows, dead_latents[local.cols], local.offsets)
-        vals = _SelectedPre.apply(centered, self.b_dec, self.W_enc, self.b_enc, pre, sel).clamp_min(0)
+            sel = make_selection(local.rows, dead_latents[local.cols], local.offsets)
+        vals = selected_pre(centered, self.b_dec, self.W_enc, self.b_enc, pre, sel).clamp_min(0)
         residual_hat = sparse_decode(sel, vals, self.W_dec)
         variance = distributed.batch_variance(residual)  # of the global batch under DDP
         return (residual - residual_hat).square().sum(-1).mean() / variance.clamp_min(1e-12)
 
-    @torch.no_grad()
     def normalize_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        normalize_rows_(self.W_dec)
 
-    @torch.no_grad()
     def remove_parallel_gradient(self) -> None:
-        """Project out of W_dec's gradient its component along each (unit) row, so steps keep rows unit-norm."""
-        if self.W_dec.grad is not None:
-            parallel = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
-            self.W_dec.grad.sub_(parallel * self.W_dec)
+        remove_parallel_gradient_(self.W_dec)
 
     @torch.no_grad()
     def fold_scale(self) -> None:
@@ -452,7 +281,7 @@ class SAE:
         if float(m.scale) != 1.0:
             raise DecomposerError("fold the activation scale before saving (training does this at its end)")
         out = {"W_enc": m.W_enc, "b_enc": m.b_enc, "W_dec": m.W_dec, "b_dec": m.b_dec}
-        if self.config.architecture in ("jumprelu", "batchtopk"):
+        if m.architecture.threshold is not None:
             out["threshold"] = m.threshold
         return {k: v.detach().float().cpu().contiguous() for k, v in out.items()}
 

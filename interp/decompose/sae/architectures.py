@@ -1,0 +1,117 @@
+"""One spec per SAE architecture: `SAEModule` looks up every architecture-specific step in `ARCHITECTURES`.
+
+| architecture | training codes | inference codes | sparsity term |
+|---|---|---|---|
+| relu | ReLU(pre) | same | l1_coeff * sum_i f_i ||W_dec[i]|| (warmed up) |
+| topk | k largest of ReLU(pre) | same | none (k sets L0); AuxK on dead latents |
+| batchtopk | k * batch largest of ReLU(pre) over the batch | pre > threshold (running estimate) | AuxK |
+| jumprelu | pre * H(pre - theta), straight-through in theta | same | l0_coeff * L0 (straight-through) |
+
+`module` below is an `SAEModule`; `pre` its pre-activations `[B, d_sae]` (on scaled activations while training).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from interp.core import distributed
+from interp.decompose.sae.sparse import JumpReLU, Selection, Step, mask_selection, topk_selection
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What differs between SAE architectures.
+
+    With `select`, training takes the sparse TopK-style path: `select(module, pre)` picks the kept (token, latent)
+    pairs without autograd and the codes are ReLU(pre) there. Without it, `train_codes(module, pre)` gives dense
+    codes `[B, d_sae]` under autograd. `penalty(module, pre, codes, l1_coeff)` is added to the MSE.
+    """
+
+    encode: Callable[[Any, torch.Tensor], torch.Tensor]
+    """(module, pre [n, d_sae]) -> inference codes [n, d_sae], >= 0."""
+    select: Callable[[Any, torch.Tensor], Selection] | None = None
+    train_codes: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    penalty: Callable[[Any, torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+    threshold: Callable[[Any], torch.Tensor] | None = None
+    """module -> per-latent inference threshold [d_sae]; None: no threshold (saved only when set)."""
+    uses_k: bool = False
+    aux_loss: bool = False
+    """AuxK: dead latents reconstruct the residual."""
+    resamples_dead: bool = False
+    """The trainer resamples dead latents from badly reconstructed inputs."""
+
+
+def _relu(module, pre: torch.Tensor) -> torch.Tensor:
+    return pre.clamp_min(0)
+
+
+def _topk_codes(module, pre: torch.Tensor) -> torch.Tensor:
+    vals, idx = pre.topk(module.config.k, dim=1)
+    return torch.zeros_like(pre).scatter_(1, idx, vals.clamp_min(0))
+
+
+def _thresholded(module, pre: torch.Tensor) -> torch.Tensor:
+    return pre * (pre > module.threshold) * (pre > 0)
+
+
+def _topk_select(module, pre: torch.Tensor) -> Selection:
+    return topk_selection(pre, module.config.k)
+
+
+@torch.no_grad()
+def _batch_topk_select(module, pre: torch.Tensor) -> Selection:
+    """Keep the k * B largest ReLU(pre) over the whole batch (under DDP: over every rank's part of it); update the
+    running inference threshold with the smallest kept activation."""
+    cfg = module.config
+    relu = pre.clamp_min(0)
+    cut = distributed.kth_largest(relu.reshape(-1), cfg.k * pre.shape[0] * distributed.world_size())
+    smallest = cut  # smallest kept (fewer than k * B positive: the smallest positive)
+    if float(cut) <= 0:  # the same on every rank
+        positive = relu.masked_fill(relu <= 0, math.inf).min()
+        smallest = distributed.all_reduce(positive, "min").nan_to_num(posinf=0.0)
+    m = cfg.threshold_momentum
+    first = module.batch_threshold == 0
+    module.batch_threshold.copy_(
+        torch.where(first, smallest, m * module.batch_threshold + (1 - m) * smallest)
+    )
+    return mask_selection((pre >= cut) & (pre > 0))
+
+
+def _jumprelu_codes(module, pre: torch.Tensor) -> torch.Tensor:
+    return JumpReLU.apply(pre, module.log_threshold.exp(), module.config.bandwidth)
+
+
+def _l1_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float) -> torch.Tensor:
+    """Decoder-norm-weighted L1."""
+    return l1_coeff * (codes * module.W_dec.norm(dim=1)).sum(-1).mean()
+
+
+def _l0_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float) -> torch.Tensor:
+    """l0_coeff * L0 with the straight-through gradient to theta."""
+    cfg = module.config
+    return cfg.l0_coeff * Step.apply(pre, module.log_threshold.exp(), cfg.bandwidth).sum(-1).mean()
+
+
+def _theta(module) -> torch.Tensor:
+    return module.log_threshold.exp()
+
+
+def _batch_threshold(module) -> torch.Tensor:
+    return module.batch_threshold.expand(module.config.n_features)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "relu": Architecture(encode=_relu, train_codes=_relu, penalty=_l1_penalty, resamples_dead=True),
+    "topk": Architecture(encode=_topk_codes, select=_topk_select, uses_k=True, aux_loss=True),
+    "batchtopk": Architecture(
+        encode=_thresholded, select=_batch_topk_select, threshold=_batch_threshold, uses_k=True, aux_loss=True
+    ),
+    "jumprelu": Architecture(
+        encode=_thresholded, train_codes=_jumprelu_codes, penalty=_l0_penalty, threshold=_theta
+    ),
+}
