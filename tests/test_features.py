@@ -155,6 +155,23 @@ def test_index_matches_brute_force(toy_cache, toy_model, tmp_path):
     assert index.feature(3).similar[0] == (2, pytest.approx(1.0))  # the planted duplicate
 
 
+def test_top_examples_match_brute_force(toy_cache):
+    """The demo's top examples: the highest codes per feature in order, with their own store rows and contexts."""
+    from interp.features.describe import top_examples
+
+    store = store_of(toy_cache)
+    dec = PlantedCodes(store.d, 12)
+    examples = top_examples(dec, store, top=5, batch_size=40)  # several batches
+    codes, meta = dec.encode(store.load_all()), store.tokens()
+    expected = codes.T.topk(5, dim=1).values
+    for f in range(1, 12):
+        assert examples.values[f].tolist() == pytest.approx(expected[f].tolist(), rel=1e-5)
+        rows = examples.rows[f].tolist()
+        assert codes[rows, f].tolist() == pytest.approx(examples.values[f].tolist(), rel=1e-5)
+        assert examples.context_ids[f].tolist() == [int(meta["context_ids"][r]) for r in rows]
+        assert examples.positions[f].tolist() == [int(meta["positions"][r]) for r in rows]
+
+
 def test_context_batches_hold_whole_contexts(toy_cache):
     store = store_of(toy_cache)
     seen, rows = set(), 0

@@ -11,7 +11,8 @@ from interp.decompose import DecomposerError, load_decomposer
 from interp.decompose.mp_sae import MPSAE, MPSAEConfig, pursuit_reference
 from interp.decompose.sae.model import SAE, SAEConfig
 from interp.decompose.sae.sparse import JumpReLU, Step
-from interp.evaluate.recon import ce_loss_recovered, evaluate, fvu
+from interp.evaluate.losses import ce_loss_recovered
+from interp.evaluate.recon import evaluate, fvu
 
 
 def planted(d=32, n=8000, atoms=64, active=3, seed=0, offset=0.3):

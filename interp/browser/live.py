@@ -10,6 +10,7 @@ import torch
 
 from interp.features.similarity import match_features
 from interp.models import LoadedModel
+from interp.models.prompts import token_ids
 from interp.models.sites import parse_site
 
 
@@ -30,7 +31,7 @@ def text_codes(model: LoadedModel, decomposer: Any, site: str, text: str, max_le
         raise ValueError("the text is empty; type some text to see its activations")
     parsed = parse_site(site, model.info.n_layers)
     acts = text_activations(model, [text], parsed, max_len=max_len, batch_size=1)
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][: max_len - 1]
+    ids = token_ids(model, [text], max_len)[0][1:]
     x = acts.acts[0][acts.mask[0]]  # [n, d]
     codes = decomposer.encode(x.float()).float().cpu()
     return TextCodes(model.tokenizer.batch_decode([[i] for i in ids]), codes)
@@ -45,8 +46,7 @@ def steer(model: LoadedModel, site: str, direction: torch.Tensor, alpha: float, 
 
     if not prompt.strip():
         raise ValueError("the prompt is empty; type a prompt to steer")
-    ids = [model.bos_token_id, *model.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
-    tokens = torch.tensor([ids])
+    tokens = torch.tensor(token_ids(model, [prompt]))
     n = tokens.shape[1]
     plain = generate(model, tokens, max_new_tokens=max_new_tokens, seed=seed)
     edit = AddDirection(direction.float(), float(alpha))

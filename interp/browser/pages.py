@@ -230,16 +230,23 @@ def needs_decomposer(index: FeatureIndex) -> str | None:
     return folder
 
 
+def live_page(index: FeatureIndex, title: str):
+    """The header of a page that runs the model: (decomposer folder, feature), or None when either is missing."""
+    st.header(title)
+    folder = needs_decomposer(index)
+    if folder is None:
+        return None
+    feature = feature_header(index)
+    return None if feature is None else (folder, feature)
+
+
 def page_text(index: FeatureIndex) -> None:
     from interp.browser.live import text_codes
 
-    st.header("Test your text")
-    folder = needs_decomposer(index)
-    if folder is None:
+    opened = live_page(index, "Test your text")
+    if opened is None:
         return
-    feature = feature_header(index)
-    if feature is None:
-        return
+    folder, feature = opened
     text = st.text_area("Text", value="The capital of France is Paris. The market rallied on Monday.",
                         key="live_text")  # fmt: skip
     if st.button("Run the model", key="run_text", type="primary"):
@@ -269,13 +276,10 @@ def page_text(index: FeatureIndex) -> None:
 def page_steering(index: FeatureIndex) -> None:
     from interp.browser.live import steer
 
-    st.header("Steering playground")
-    folder = needs_decomposer(index)
-    if folder is None:
+    opened = live_page(index, "Steering playground")
+    if opened is None:
         return
-    feature = feature_header(index)
-    if feature is None:
-        return
+    folder, feature = opened
     m = index.manifest
     st.caption(
         f"Adds strength × {m.mean_input_norm:.3g} (the mean activation norm at {m.site}) × the feature's unit "

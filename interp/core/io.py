@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import save_file
@@ -19,6 +20,20 @@ def _commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call `write(file)` on a temporary binary file, then move it to `path` atomically (np.save, to_parquet...)."""
+    path = Path(path)
+    tmp = _temporary(path)
+    with open(tmp, "wb") as f:
+        write(f)
+    _commit(tmp, path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -47,7 +62,4 @@ def atomic_save_safetensors(
 
 def atomic_torch_save(state: Any, path: str | Path) -> None:
     """`torch.save` atomically (for optimizer state, read back with `torch.load(weights_only=True)`)."""
-    path = Path(path)
-    tmp = _temporary(path)
-    torch.save(state, tmp)
-    _commit(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))

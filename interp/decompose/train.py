@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from interp.core import distributed
 from interp.core.checks import check_activations
 from interp.core.device import resolve_device
-from interp.core.io import atomic_save_safetensors, atomic_write_json
+from interp.core.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from interp.decompose.base import DecomposerError
 from interp.decompose.batches import GlobalBatches
 from interp.store import ActivationStore
@@ -176,35 +176,17 @@ def train(
     # fused: one kernel per step for all parameters (on 2 CPU cores ~4x faster than the per-op foreach path)
     optimizer = torch.optim.AdamW(module.parameters(), lr=decomposer.config.learning_rate, betas=(0.9, 0.999),
                                   weight_decay=0.0, fused=device.type in ("cpu", "cuda"))  # fmt: skip
-    since_fired = torch.zeros(cfg.n_features, device=device)
-    step, history = 0, []
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt is not None and (ckpt / "trainer.json").exists():
-        saved = json.loads((ckpt / "trainer.json").read_text())
-        if saved.get("batch_size", cfg.batch_size) != cfg.batch_size:
-            raise DecomposerError(
-                f"the checkpoint in {ckpt} was trained with batch_size={saved['batch_size']} (global); resume with "
-                "the same --batch-size (the number of processes may change), or start in a new folder"
-            )
-        module.load_state_dict(
-            {
-                k: v.to(device)
-                for k, v in load_file(str(_checkpoint_file(ckpt, saved, "module.safetensors"))).items()
-            }
-        )
-        optimizer.load_state_dict(
-            torch.load(_checkpoint_file(ckpt, saved, "optimizer.pt"), weights_only=True, map_location=device)
-        )
-        step, history = saved["step"], saved["history"]
-        since_fired = load_file(str(_checkpoint_file(ckpt, saved, "since_fired.safetensors")))["since_fired"]
-        since_fired = since_fired.to(device)
-    else:
+    resumed = _load_checkpoint(ckpt, cfg.batch_size, module, optimizer, device)
+    if resumed is None:
         _init_from_data(module, batches, d_in, cfg.normalize, device)
+        step, history, since_fired = 0, [], torch.zeros(cfg.n_features, device=device)
+    else:
+        step, history, since_fired = resumed
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", decomposer.config.learning_rate)
     loss_of = _data_parallel(module, device)
 
-    use_autocast = cfg.autocast and device.type == "cuda"
     resample_every = cfg.resample_every if getattr(module, "resamples_dead", False) else -1
     if resample_every == 0:
         resample_every = max(1, cfg.n_steps // 4)
@@ -212,23 +194,7 @@ def train(
                disable=not progress or rank != 0)  # fmt: skip
     while step < cfg.n_steps:
         x = batches.batch(step).to(device) * module.scale  # this rank's part of global batch `step`
-        factor = learning_rate_factor(step, cfg.n_steps, cfg.warmup_steps, cfg.decay_start)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        l1_warmup = getattr(cfg, "l1_warmup_steps", 0)
-        l1_coeff = getattr(cfg, "l1_coeff", 0.0) * min(1.0, (step + 1) / max(1, l1_warmup))
-        dead = since_fired >= cfg.dead_tokens
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
-        with autocast:
-            loss, stats = loss_of(x, dead, l1_coeff)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP: gradients averaged over ranks = the global batch's gradient
-        record, fired = _global_metrics(x, loss, stats, cfg.batch_size)
-        if not math.isfinite(record["loss"]):  # the global loss: every rank stops together
-            raise DecomposerError(f"the training loss became {record['loss']} at step {step}; lower --lr")
-        module.remove_parallel_gradient()
-        optimizer.step()
-        module.normalize_decoder()
+        record, fired = _train_step(module, loss_of, optimizer, x, since_fired, step, cfg)
         since_fired += cfg.batch_size
         since_fired[fired > 0] = 0
         step += 1
@@ -252,6 +218,50 @@ def train(
     decomposer.history = history
 
 
+def _load_checkpoint(ckpt: Path | None, batch_size: int, module, optimizer, device: torch.device):
+    """Restore module and optimizer from `ckpt`; returns (step, history, since_fired [n_features]) or None when
+    there is nothing to resume."""
+    if ckpt is None or not (ckpt / "trainer.json").exists():
+        return None
+    saved = json.loads((ckpt / "trainer.json").read_text())
+    if saved.get("batch_size", batch_size) != batch_size:
+        raise DecomposerError(
+            f"the checkpoint in {ckpt} was trained with batch_size={saved['batch_size']} (global); resume with "
+            "the same --batch-size (the number of processes may change), or start in a new folder"
+        )
+    weights = load_file(str(_checkpoint_file(ckpt, saved, "module.safetensors")))
+    module.load_state_dict({k: v.to(device) for k, v in weights.items()})
+    optimizer.load_state_dict(
+        torch.load(_checkpoint_file(ckpt, saved, "optimizer.pt"), weights_only=True, map_location=device)
+    )
+    since_fired = load_file(str(_checkpoint_file(ckpt, saved, "since_fired.safetensors")))["since_fired"]
+    return saved["step"], saved["history"], since_fired.to(device)
+
+
+def _train_step(module, loss_of, optimizer, x: torch.Tensor, since_fired: torch.Tensor, step: int, cfg):
+    """One optimizer step on this rank's part `x [b, d_in]` of global batch `step`; returns the global metrics and
+    how often each latent fired `[n_features]` over the global batch."""
+    factor = learning_rate_factor(step, cfg.n_steps, cfg.warmup_steps, cfg.decay_start)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    l1_warmup = getattr(cfg, "l1_warmup_steps", 0)
+    l1_coeff = getattr(cfg, "l1_coeff", 0.0) * min(1.0, (step + 1) / max(1, l1_warmup))
+    dead = since_fired >= cfg.dead_tokens
+    use_autocast = cfg.autocast and x.device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
+    with autocast:
+        loss, stats = loss_of(x, dead, l1_coeff)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP: gradients averaged over ranks = the global batch's gradient
+    record, fired = _global_metrics(x, loss, stats, cfg.batch_size)
+    if not math.isfinite(record["loss"]):  # the global loss: every rank stops together
+        raise DecomposerError(f"the training loss became {record['loss']} at step {step}; lower --lr")
+    module.remove_parallel_gradient()
+    optimizer.step()
+    module.normalize_decoder()
+    return record, fired
+
+
 CHECKPOINT_FILES = ("module.safetensors", "optimizer.pt", "since_fired.safetensors")
 
 
@@ -267,9 +277,7 @@ def _checkpoint(ckpt: Path, module, optimizer, since_fired: torch.Tensor, step: 
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     atomic_save_safetensors(state, ckpt / files["module.safetensors"])
     atomic_save_safetensors({"since_fired": since_fired.cpu()}, ckpt / files["since_fired.safetensors"])
-    tmp = ckpt / f".{files['optimizer.pt']}.tmp"
-    torch.save(optimizer.state_dict(), tmp)
-    tmp.replace(ckpt / files["optimizer.pt"])
+    atomic_torch_save(optimizer.state_dict(), ckpt / files["optimizer.pt"])
     atomic_write_json(ckpt / "trainer.json", {"step": step, "rows_consumed": step * batch_size,
                                               "batch_size": batch_size, "files": files, "history": history})  # fmt: skip
     for old in ckpt.iterdir():

@@ -21,12 +21,6 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float((x - x_hat).square().sum() / (x - x.mean(0)).square().sum().clamp_min(1e-12))
 
 
-def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
-    """(CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 = as good as the clean model, 0 = as bad as zero-ablation."""
-    gap = ce_zero - ce_clean
-    return (ce_zero - ce_spliced) / gap if abs(gap) > 1e-12 else float("nan")
-
-
 @torch.no_grad()
 def evaluate(
     decomposer, data: ActivationStore | torch.Tensor, batch_size: int = 4096, max_tokens: int | None = None,

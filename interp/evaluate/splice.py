@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from interp.corpus import Contexts
+from interp.evaluate.losses import ce_loss_recovered, kl_rows
 from interp.models import LoadedModel
 from interp.models.edits import Reconstruct, ZeroAblate
 from interp.models.hooks import steered_logits
@@ -51,11 +52,10 @@ def spliced_metrics(
         sums["ce_clean"] += float(clean_ce.sum())
         sums["ce_spliced"] += float(spliced_ce.sum())
         sums["ce_zero"] += float(zero_ce.sum())
-        sums["kl"] += float((clean_lp.exp() * (clean_lp - spliced_lp)).sum())
+        sums["kl"] += float(kl_rows(clean_lp, spliced_lp).sum())
         count += clean_ce.numel()
     out = {k: v / max(count, 1) for k, v in sums.items()}
-    gap = out["ce_zero"] - out["ce_clean"]
     out["ce_delta"] = out["ce_spliced"] - out["ce_clean"]
-    out["ce_loss_recovered"] = (out["ce_zero"] - out["ce_spliced"]) / gap if abs(gap) > 1e-9 else float("nan")
+    out["ce_loss_recovered"] = ce_loss_recovered(out["ce_clean"], out["ce_spliced"], out["ce_zero"])
     out["n_tokens"] = count
     return out

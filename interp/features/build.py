@@ -148,10 +148,57 @@ def build_index(
     `store` defaults to the one in the decomposer's source.json; `out` to `<decomposer folder>/index`; `model` (a
     LoadedModel or a name, default the store's model) gives the tokenizer and the logit lens.
     """
-    from interp.decompose import load_decomposer
     from interp.models import LoadedModel, load_model
 
     started = time.perf_counter()
+    decomposer, folder, store, out = _open_inputs(decomposer, store, out)
+    rank = distributed.rank()
+    if not isinstance(model, LoadedModel) and rank == 0:  # only rank 0 writes, so only it needs the model
+        model = load_model(model or store.manifest.model, device=config.device)
+    method = _method_of(decomposer, folder)
+    directions = decomposer.directions.detach().float()
+    rel = config.fire_threshold if config.fire_threshold is not None else FIRE_THRESHOLD.get(method, 0.0)
+    checkpoint = None  # single process only: a distributed build's passes end in collectives
+    if config.checkpoint_every > 0 and distributed.world_size() == 1:
+        settings = dataclasses.asdict(config)
+        checkpoint = IndexCheckpoint(out, fingerprint(directions, store.path, store.n_tokens, settings),
+                                     config.checkpoint_every)  # fmt: skip
+    first, second, threshold, max_value, edges = _run_passes(decomposer, store, checkpoint, config, directions,
+                                                             rel, progress)  # fmt: skip
+    if rank != 0:  # rank 0 writes the index; the others open it once it is there
+        distributed.barrier()
+        return FeatureIndex.open(out)
+
+    tensors = _example_tensors(first, second, threshold)
+    tensors |= {
+        "max": max_value, "threshold": threshold, "density": second.counts.double() / first.n_tokens,
+        "count": second.counts, "mean": (second.sums / second.counts.clamp_min(1)).float(),
+        "hist": second.hist.view(directions.shape[0], config.n_bins), "band_edges": edges,
+    }  # fmt: skip
+    lens_tensors, lens_note = _direction_tensors(directions, model, store.site, config)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in (tensors | lens_tensors).items()}
+
+    tree = _hierarchy_of(decomposer, folder, hierarchy)
+    manifest = IndexManifest(
+        method=method, n_features=directions.shape[0], d_in=store.d, model=store.manifest.model, site=store.site,
+        decomposer=str(folder.resolve()) if folder is not None else "", store=str(store.path.resolve()),
+        contexts=str(store.contexts_path.resolve()) if store.contexts_path.exists() else "",
+        n_tokens=first.n_tokens, fire_threshold=rel, mean_input_norm=first.norm_sum / max(first.n_tokens, 1),
+        logit_lens=lens_note, has_neurons=store.site.endswith("mlp_hidden"),
+        has_hierarchy=tree is not None, config=dataclasses.asdict(config),
+        seconds=time.perf_counter() - started, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )  # fmt: skip
+    _write(out, manifest, tensors, model.tokenizer, tree)
+    if checkpoint is not None:
+        checkpoint.remove()
+    distributed.barrier()
+    return FeatureIndex.open(out)
+
+
+def _open_inputs(decomposer: Any, store, out) -> tuple[Any, Path | None, ActivationStore, Path]:
+    """The decomposer (loaded when a folder), its folder or None, the store (checked against it) and `out`."""
+    from interp.decompose import load_decomposer
+
     folder = Path(decomposer) if isinstance(decomposer, str | Path) else None
     if folder is not None:
         decomposer = load_decomposer(folder)
@@ -163,7 +210,6 @@ def build_index(
                 "pass `out` when indexing a decomposer object (no folder to put index/ in)"
             )
         out = folder / INDEX_DIR
-    out = Path(out)
     if store.n_tokens == 0:
         raise FeatureIndexError(
             f"the store at {store.path} is empty (0 tokens); capture a corpus with text first"
@@ -173,22 +219,24 @@ def build_index(
             f"the decomposer has d_in={decomposer.d_in} but the store {store.path} (site {store.site}) has "
             f"d={store.d}; index it on the store it was fitted on"
         )
-    rank = distributed.rank()
-    if not isinstance(model, LoadedModel) and rank == 0:  # only rank 0 writes, so only it needs the model
-        model = load_model(model or store.manifest.model, device=config.device)
-    shards = range(*distributed.rank_range(store.n_shards))  # under torch.distributed: this rank's block
-    method = _method_of(decomposer, folder)
-    device = resolve_device(config.device)
-    directions = decomposer.directions.detach().float()
+    return decomposer, folder, store, Path(out)
+
+
+def _run_passes(decomposer, store: ActivationStore, checkpoint: IndexCheckpoint | None, config: IndexConfig,
+                directions: torch.Tensor, rel: float, progress: bool):  # fmt: skip
+    """The two passes over the store (top examples, then bands and histograms), checkpointed so a killed build
+    resumes. Returns (first pass, second pass, threshold [k], max [k], band edges)."""
     k = directions.shape[0]
-    rel = config.fire_threshold if config.fire_threshold is not None else FIRE_THRESHOLD.get(method, 0.0)
+    device = resolve_device(config.device)
+    shards = range(*distributed.rank_range(store.n_shards))  # under torch.distributed: this rank's block
     batch_tokens = max(store.manifest.context_len, min(config.batch_tokens, config.max_batch_codes // k))
     total = sum(s.n_tokens for s in store.manifest.shards[shards.start : shards.stop])
     total = min(total, config.max_tokens or total)
+    show = progress and distributed.rank() == 0
 
     def batches(desc: str, done: int):
         """(batch, x, codes) of the store's batches after the first `done` rows (those a resumed pass has)."""
-        bar = tqdm(total=total, desc=desc, unit="tok", disable=not progress or rank != 0, leave=False)
+        bar = tqdm(total=total, desc=desc, unit="tok", disable=not show, leave=False)
         for batch in context_batches(store, batch_tokens, config.max_tokens, shards):
             if batch.start < done:
                 bar.update(batch.acts.shape[0])
@@ -199,11 +247,6 @@ def build_index(
             bar.update(x.shape[0])
         bar.close()
 
-    checkpoint = None  # single process only: a distributed build's passes end in collectives
-    if config.checkpoint_every > 0 and distributed.world_size() == 1:
-        settings = dataclasses.asdict(config)
-        checkpoint = IndexCheckpoint(out, fingerprint(directions, store.path, store.n_tokens, settings),
-                                     config.checkpoint_every)  # fmt: skip
     saved = checkpoint.load() if checkpoint is not None else None
     phase, done = (saved.phase, saved.rows) if saved is not None else (1, 0)
     with torch.no_grad():
@@ -232,45 +275,25 @@ def build_index(
                 both = lambda: prefixed("first.", first.state()) | prefixed("second.", second.state())  # noqa: E731
                 checkpoint.step(2, batch.start + codes.shape[0], both)
         second.reduce()
-    if rank != 0:  # rank 0 writes the index; the others open it once it is there
-        distributed.barrier()
-        return FeatureIndex.open(out)
+    return first, second, threshold, max_value, edges
 
-    tensors = _example_tensors(first, second, threshold)
-    tensors |= {
-        "max": max_value, "threshold": threshold, "density": second.counts.double() / first.n_tokens,
-        "count": second.counts, "mean": (second.sums / second.counts.clamp_min(1)).float(),
-        "hist": second.hist.view(k, config.n_bins), "band_edges": edges,
-    }  # fmt: skip
+
+def _direction_tensors(directions: torch.Tensor, model, site: str, config: IndexConfig):
+    """What the feature directions `[k, d]` alone give: nearest features, the logit lens (with a model) and, at
+    an MLP-hidden site, the top neurons. Returns (tensors, the logit lens note)."""
+    device = resolve_device(config.device)
     ids, cos = nearest_features(directions.to(device), config.n_similar)
-    tensors |= {"similar_ids": ids, "similar_cos": cos}
+    tensors = {"similar_ids": ids, "similar_cos": cos}
     lens_note = ""
     if model is not None:
         from interp.features.logit_lens import NORM_NOTE, logit_lens
 
-        lens = logit_lens(model, store.site, directions, top=config.n_logit)
+        lens = logit_lens(model, site, directions, top=config.n_logit)
         tensors |= {f"logit_{name}": value for name, value in dataclasses.asdict(lens).items()}
         lens_note = NORM_NOTE
-    has_neurons = store.site.endswith("mlp_hidden")
-    if has_neurons:
+    if site.endswith("mlp_hidden"):
         tensors |= top_neurons(directions, config.n_neurons)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-
-    tree = _hierarchy_of(decomposer, folder, hierarchy)
-    manifest = IndexManifest(
-        method=method, n_features=k, d_in=store.d, model=store.manifest.model, site=store.site,
-        decomposer=str(folder.resolve()) if folder is not None else "", store=str(store.path.resolve()),
-        contexts=str(store.contexts_path.resolve()) if store.contexts_path.exists() else "",
-        n_tokens=first.n_tokens, fire_threshold=rel, mean_input_norm=first.norm_sum / max(first.n_tokens, 1),
-        logit_lens=lens_note, has_neurons=has_neurons, has_hierarchy=tree is not None,
-        config=dataclasses.asdict(config), seconds=time.perf_counter() - started,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-    )  # fmt: skip
-    _write(out, manifest, tensors, model.tokenizer, tree)
-    if checkpoint is not None:
-        checkpoint.remove()
-    distributed.barrier()
-    return FeatureIndex.open(out)
+    return tensors, lens_note
 
 
 def _example_tensors(first: TopPass, second: BandPass, threshold: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -5,32 +5,33 @@ from __future__ import annotations
 import torch
 
 from interp.corpus import Contexts
+from interp.features.passes import Examples, top_rows
 from interp.store import ActivationStore
+from interp.store.batches import context_batches
 
 
 @torch.no_grad()
 def top_examples(
     decomposer, store: ActivationStore, top: int = 10, batch_size: int = 4096, max_tokens: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every feature, its `top` largest codes over the store: (values `[k, top]`, store rows `[k, top]`).
+) -> Examples:
+    """For every feature, its `top` largest codes over the store, highest first: `Examples` with values, store rows,
+    context ids and positions `[k, top]` (rows -1 where fewer tokens fired).
 
-    One pass over the store in order; the running top-k is merged with each batch's by one torch.topk.
+    The top-k the feature index runs (`features.passes`), without the windows: one pass in store order.
     """
     k = decomposer.n_features
-    best_vals = torch.full((k, top), float("-inf"))
-    best_rows = torch.full((k, top), -1, dtype=torch.long)
-    offset = 0
-    for x in store.batches(batch_size, shuffle=False):
-        if max_tokens is not None and offset >= max_tokens:
-            break
-        codes = decomposer.encode(x).float().cpu().T  # [k, batch]
-        rows = torch.arange(offset, offset + x.shape[0]).expand(k, -1)
-        vals = torch.cat([best_vals, codes], dim=1)
-        merged = vals.topk(top, dim=1)
-        best_vals = merged.values
-        best_rows = torch.cat([best_rows, rows], dim=1).gather(1, merged.indices)
-        offset += x.shape[0]
-    return best_vals, best_rows
+    examples = Examples.empty(k, top, 1, torch.device("cpu"))
+    features = torch.arange(k)
+    for batch in context_batches(store, max(batch_size, store.manifest.context_len), max_tokens):
+        codes = decomposer.encode(batch.acts.float()).float().cpu()
+        keys, rows = top_rows(codes, top)
+        examples.absorb(batch, codes, keys, rows, features, window=0)
+    order = examples.keys.argsort(dim=1, descending=True)  # slots are unordered: highest first
+
+    def ordered(t: torch.Tensor) -> torch.Tensor:
+        return t.gather(1, order.view(*order.shape, *[1] * (t.ndim - 2)).expand_as(t))
+
+    return Examples(**{name: ordered(getattr(examples, name)) for name in Examples.__dataclass_fields__})
 
 
 def render_example(tokenizer, contexts: Contexts, context_id: int, position: int, window: int = 8) -> str:
@@ -51,13 +52,14 @@ def describe_features(decomposer, store: ActivationStore, features: list[int], t
                       max_tokens: int | None = None) -> list[str]:  # fmt: skip
     """One line per feature: its top examples with the activating token in brackets."""
     contexts = Contexts.load(store.contexts_path)
-    meta = store.tokens()
-    vals, rows = top_examples(decomposer, store, top, max_tokens=max_tokens)
+    examples = top_examples(decomposer, store, top, max_tokens=max_tokens)
     lines = []
     for feature in features:
-        shown = [
-            render_example(tokenizer, contexts, int(meta["context_ids"][r]), int(meta["positions"][r]), window=5)
-            for r in rows[feature].tolist() if r >= 0
-        ]  # fmt: skip
-        lines.append(f"feature {feature:>4} (max {float(vals[feature, 0]):.3g}): " + " | ".join(shown))
+        found = examples.rows[feature] >= 0
+        places = zip(examples.context_ids[feature][found].tolist(), examples.positions[feature][found].tolist(),
+                     strict=True)  # fmt: skip
+        shown = [render_example(tokenizer, contexts, c, p, window=5) for c, p in places]
+        lines.append(
+            f"feature {feature:>4} (max {float(examples.values[feature, 0]):.3g}): " + " | ".join(shown)
+        )
     return lines

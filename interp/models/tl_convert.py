@@ -34,8 +34,8 @@ def _gpt2(cfg: Any) -> dict:
     }
 
 
-def _llama(cfg: Any) -> dict:
-    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+def _rms_decoder(cfg: Any, d_head: int, act_fn: str) -> dict:
+    """The fields Llama and Gemma configs name the same way (RMS-normed, rotary, gated-MLP decoders)."""
     return {
         "d_model": cfg.hidden_size,
         "d_head": d_head,
@@ -45,39 +45,34 @@ def _llama(cfg: Any) -> dict:
         "n_ctx": cfg.max_position_embeddings,
         "eps": cfg.rms_norm_eps,
         "d_vocab": cfg.vocab_size,
-        "act_fn": cfg.hidden_act,
+        "act_fn": act_fn,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "final_rms": True,
+        "gated_mlp": True,
+    }
+
+
+def _llama(cfg: Any) -> dict:
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {
+        **_rms_decoder(cfg, d_head, cfg.hidden_act),
         "n_key_value_heads": cfg.num_key_value_heads
         if cfg.num_key_value_heads != cfg.num_attention_heads
         else None,
-        "normalization_type": "RMS",
-        "positional_embedding_type": "rotary",
         "rotary_adjacent_pairs": False,
         "rotary_dim": d_head,
         "rotary_base": _rope_theta(cfg),
-        "final_rms": True,
-        "gated_mlp": True,
     }
 
 
 def _gemma(cfg: Any) -> dict:
     layer_types = list(cfg.layer_types)
     out = {
-        "d_model": cfg.hidden_size,
-        "d_head": cfg.head_dim,
-        "n_heads": cfg.num_attention_heads,
-        "d_mlp": cfg.intermediate_size,
-        "n_layers": cfg.num_hidden_layers,
-        "n_ctx": cfg.max_position_embeddings,
-        "eps": cfg.rms_norm_eps,
-        "d_vocab": cfg.vocab_size,
-        "act_fn": cfg.hidden_activation,
-        "normalization_type": "RMS",
-        "positional_embedding_type": "rotary",
+        **_rms_decoder(cfg, cfg.head_dim, cfg.hidden_activation),
         "use_attn_scale": True,
         "attn_scale": float(cfg.query_pre_attn_scalar) ** 0.5,
         "n_key_value_heads": cfg.num_key_value_heads,
-        "gated_mlp": True,
-        "final_rms": True,
         "use_normalization_before_and_after": True,
         "window_size": cfg.sliding_window,
         "use_local_attn": True,

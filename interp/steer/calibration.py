@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
+from interp.evaluate.losses import kl_rows
 from interp.models import LoadedModel
 from interp.models.edits import AddDirection
 from interp.models.hooks import generate, intervene
+from interp.models.prompts import right_padded, token_ids
 from interp.models.sites import Site
 
 NEUTRAL_PROMPTS = ("I think that", "The", "In my opinion,", "Here is what happened:")
@@ -38,13 +40,8 @@ class Prompts:
 
     @classmethod
     def build(cls, model: LoadedModel, texts: tuple[str, ...]) -> Prompts:
-        ids = [
-            [model.bos_token_id, *model.tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts
-        ]
-        tokens = torch.full((len(ids), max(map(len, ids))), model.pad_token_id, dtype=torch.long)
-        for row, seq in enumerate(ids):
-            tokens[row, : len(seq)] = torch.tensor(seq)
-        return cls(texts, tokens, torch.tensor([len(s) for s in ids]), model.pad_token_id)
+        tokens, lengths = right_padded(token_ids(model, texts), model.pad_token_id)
+        return cls(texts, tokens, lengths, model.pad_token_id)
 
 
 def next_token_logprobs(
@@ -66,7 +63,7 @@ def next_token_logprobs(
 
 def kl_divergence(clean: torch.Tensor, steered: torch.Tensor) -> float:
     """Mean over prompts of KL(clean || steered), both log-probabilities `[n, vocab]`."""
-    return float((clean.exp() * (clean - steered)).sum(-1).mean())
+    return float(kl_rows(clean, steered).mean())
 
 
 @dataclass

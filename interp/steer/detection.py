@@ -16,6 +16,7 @@ import torch
 
 from interp.models import LoadedModel
 from interp.models.hooks import backend_runner
+from interp.models.prompts import right_padded, token_ids
 from interp.models.sites import Site
 from interp.steer.concepts import ConceptSet
 
@@ -46,15 +47,11 @@ def text_activations(
     """Run `texts` (BOS + up to max_len - 1 tokens each, right-padded) and read `site`."""
     run = backend_runner("torch")
     acts, masks = [], []
-    bos = model.bos_token_id
     for start in range(0, len(texts), batch_size):
-        ids = model.tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
-        ids = [[bos, *row[: max_len - 1]] for row in ids]
-        tokens = torch.full((len(ids), max_len), model.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(ids), max_len, dtype=torch.bool)
-        for row, seq in enumerate(ids):  # a loop over texts of one batch, to pad them
-            tokens[row, : len(seq)] = torch.tensor(seq)
-            mask[row, 1 : len(seq)] = True
+        ids = token_ids(model, texts[start : start + batch_size], max_len)
+        tokens, lengths = right_padded(ids, model.pad_token_id, max_len)
+        mask = torch.arange(max_len)[None, :] < lengths[:, None]
+        mask[:, 0] = False  # BOS
         acts.append(run(model, tokens.to(model.device), [site])[site].float().cpu())
         masks.append(mask)
     return TextActivations(torch.cat(acts), torch.cat(masks))

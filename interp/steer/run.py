@@ -15,11 +15,12 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from interp.core.io import atomic_write_json
+from interp.core.io import atomic_write, atomic_write_json, atomic_write_text
 from interp.decompose.base import load_decomposer
 from interp.models import load_model
 from interp.models.sites import parse_site
@@ -109,9 +110,7 @@ def _finished_cells(path: Path) -> dict[tuple, dict]:
                 continue
             cells[row["concept"], row["method"], row["target"]] = row
     if torn:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in cells.values()))
-        tmp.replace(path)
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in cells.values()))
     return cells
 
 
@@ -125,80 +124,27 @@ def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) ->
     random.seed(config.seed)
     model = load_model(config.model, device=config.device)
     site = parse_site(config.site, model.info.n_layers)
-    concepts = load_concepts(config.concepts, config.per_concept, config.seed)
-    if config.concept_names:
-        concepts = concepts.select(list(config.concept_names))
-    if len(concepts.names) < 2:
-        raise ConceptError("detection needs at least two concepts (each is scored against the others)")
-    decomposers = {name: load_decomposer(folder) for name, folder in methods.items() if folder}
-    for name, dec in decomposers.items():
-        if dec.d_in != site.width(model.info):
-            raise SteerEvalError(
-                f"decomposer {name} was fitted on width {dec.d_in}, but site {site.name} of "
-                f"{model.info.name} is {site.width(model.info)} wide; fit it on this site"
-            )
+    concepts = _concepts(config)
+    decomposers = _decomposers(methods, site, model)
 
     text_acts = text_activations(model, concepts.texts, site, config.max_len)
     detections, directions = detect(concepts, text_acts, decomposers, config.seed)
     _write_detection(out, detections)
     scale = float(text_acts.acts[text_acts.mask].norm(dim=-1).mean())  # typical activation norm at the site
-
-    train_texts = [concepts.texts[i] for i in concepts.train]
-    train_labels = [concepts.concepts[i] for i in concepts.train]
-    classifier = ConceptClassifier.fit(train_texts, train_labels)
-    embedder = (
-        EmbeddingJudge(train_texts, train_labels)
-        if config.embedding_judge and EmbeddingJudge.available()
-        else None
-    )
-    llm = LLMJudge.from_env() if config.llm_judge else None
-    if config.llm_judge and llm is None:
-        raise SteerEvalError("--llm-judge needs INTERP_JUDGE_URL (and INTERP_JUDGE_MODEL, INTERP_JUDGE_KEY)")
-    prompts = Prompts.build(model, config.prompts)
+    sampler = _Sampler.build(config, model, site, concepts)
 
     cells_path = out / "cells.jsonl"
     finished = _finished_cells(cells_path)
     targets = [("kl", t) for t in config.kl_targets] + [("strength", s) for s in config.strengths]
     grid = [(c, m, t) for c in concepts.names for m in methods for t in targets]
-    todo = [
-        cell
-        for cell in grid
-        if (cell[0], cell[1], cell[2][1] if cell[2][0] == "kl" else -cell[2][1]) not in finished
-    ]
-
-    def sample_and_judge(concept: str, direction: torch.Tensor | None, alpha: float) -> dict:
-        texts, sequences, mask = steered_samples(
-            model,
-            prompts,
-            site,
-            direction,
-            alpha,
-            config.n_samples,
-            config.max_new_tokens,
-            config.seed,
-            config.top_k,
-            config.top_p,
-        )
-        ppl = continuation_perplexity(model, sequences, sequences.shape[1] - config.max_new_tokens, mask)
-        concept_score = classifier.scores(texts, concept)
-        if embedder is not None:
-            concept_score = (concept_score + embedder.scores(texts, concept)) / 2
-        row = {
-            "texts": texts,
-            "perplexity": ppl.tolist(),
-            "concept_score": float(concept_score.mean()),
-            "concept_scores": concept_score.tolist(),
-        }
-        if llm is not None:
-            row["llm_concept"] = float(llm.concept_scores(texts, concept).mean())
-            row["llm_fluency"] = float(llm.fluency_scores(texts).mean())
-        return row
+    todo = [cell for cell in grid
+            if (cell[0], cell[1], cell[2][1] if cell[2][0] == "kl" else -cell[2][1]) not in finished]  # fmt: skip
 
     # Reference: unsteered samples set the reference perplexity of the fluency score.
     reference = finished.get(("-", "none", 0.0))
     if reference is None:
         reference = {"concept": "-", "method": "none", "target": 0.0, "alpha": 0.0, "kl": 0.0, "reached": True,
-                     **sample_and_judge(concepts.names[0], None, 0.0)}  # fmt: skip
+                     **sampler.sample_and_judge(concepts.names[0], None, 0.0)}  # fmt: skip
         _append(cells_path, reference)
     reference_ppl = float(torch.tensor(reference["perplexity"]).median())
 
@@ -210,14 +156,14 @@ def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) ->
         if kind == "kl":
             key = (concept, method)
             if key not in kl_functions:
-                kl_functions[key] = kl_function(model, prompts, site, direction)
+                kl_functions[key] = kl_function(model, sampler.prompts, site, direction)
             calib = alpha_for_kl(kl_functions[key], value, start=scale / 8)
             alpha, kl, reached, target = calib.alpha, calib.kl, calib.reached, value
         else:
             alpha, target = value * scale, -value  # fixed strengths are stored with a negative target
-            kl = kl_function(model, prompts, site, direction)(alpha)
+            kl = kl_function(model, sampler.prompts, site, direction)(alpha)
             reached = True
-        judged = sample_and_judge(concept, direction, alpha)
+        judged = sampler.sample_and_judge(concept, direction, alpha)
         fluency = fluency_scores(torch.tensor(judged["perplexity"]), judged["texts"], reference_ppl)
         concept_scores = torch.tensor(judged.pop("concept_scores"))
         row = {"concept": concept, "method": method, "target": target, "alpha": alpha, "kl": kl, "reached": reached,
@@ -228,6 +174,70 @@ def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) ->
     rows = [r for r in finished.values() if r["method"] != "none"]
     write_results(out, rows, detections, config)
     return rows
+
+
+def _concepts(config: SteerEvalConfig):
+    concepts = load_concepts(config.concepts, config.per_concept, config.seed)
+    if config.concept_names:
+        concepts = concepts.select(list(config.concept_names))
+    if len(concepts.names) < 2:
+        raise ConceptError("detection needs at least two concepts (each is scored against the others)")
+    return concepts
+
+
+def _decomposers(methods: dict, site, model) -> dict:
+    """The decomposers named in `methods`, each checked against the width of `site`."""
+    decomposers = {name: load_decomposer(folder) for name, folder in methods.items() if folder}
+    for name, dec in decomposers.items():
+        if dec.d_in != site.width(model.info):
+            raise SteerEvalError(
+                f"decomposer {name} was fitted on width {dec.d_in}, but site {site.name} of "
+                f"{model.info.name} is {site.width(model.info)} wide; fit it on this site"
+            )
+    return decomposers
+
+
+@dataclass
+class _Sampler:
+    """Steered sampling and the judges of one run."""
+
+    config: SteerEvalConfig
+    model: Any
+    site: Any
+    prompts: Prompts
+    classifier: ConceptClassifier
+    embedder: EmbeddingJudge | None
+    llm: LLMJudge | None
+
+    @classmethod
+    def build(cls, config: SteerEvalConfig, model, site, concepts) -> _Sampler:
+        train_texts = [concepts.texts[i] for i in concepts.train]
+        train_labels = [concepts.concepts[i] for i in concepts.train]
+        use_embedder = config.embedding_judge and EmbeddingJudge.available()
+        llm = LLMJudge.from_env() if config.llm_judge else None
+        if config.llm_judge and llm is None:
+            raise SteerEvalError(
+                "--llm-judge needs INTERP_JUDGE_URL (and INTERP_JUDGE_MODEL, INTERP_JUDGE_KEY)"
+            )
+        return cls(config, model, site, Prompts.build(model, config.prompts),
+                   ConceptClassifier.fit(train_texts, train_labels),
+                   EmbeddingJudge(train_texts, train_labels) if use_embedder else None, llm)  # fmt: skip
+
+    def sample_and_judge(self, concept: str, direction: torch.Tensor | None, alpha: float) -> dict:
+        cfg = self.config
+        texts, sequences, mask = steered_samples(self.model, self.prompts, self.site, direction, alpha,
+                                                 cfg.n_samples, cfg.max_new_tokens, cfg.seed, cfg.top_k,
+                                                 cfg.top_p)  # fmt: skip
+        ppl = continuation_perplexity(self.model, sequences, sequences.shape[1] - cfg.max_new_tokens, mask)
+        concept_score = self.classifier.scores(texts, concept)
+        if self.embedder is not None:
+            concept_score = (concept_score + self.embedder.scores(texts, concept)) / 2
+        row = {"texts": texts, "perplexity": ppl.tolist(), "concept_score": float(concept_score.mean()),
+               "concept_scores": concept_score.tolist()}  # fmt: skip
+        if self.llm is not None:
+            row["llm_concept"] = float(self.llm.concept_scores(texts, concept).mean())
+            row["llm_fluency"] = float(self.llm.fluency_scores(texts).mean())
+        return row
 
 
 def _append(path: Path, row: dict) -> None:
@@ -253,8 +263,8 @@ def write_results(out: Path, rows: list[dict], detections: list, config: SteerEv
     frame = pd.DataFrame(rows)
     frame["example"] = frame["texts"].map(lambda texts: texts[0] if texts else "")
     flat = frame.drop(columns=["texts", "perplexity"])
-    flat.to_parquet(out / "results.parquet", index=False)
-    flat.to_csv(out / "results.csv", index=False)
+    atomic_write(out / "results.parquet", lambda f: flat.to_parquet(f, index=False))
+    atomic_write_text(out / "results.csv", flat.to_csv(index=False))
 
     best = flat.groupby(["concept", "method"])["score"].max().unstack("method")
     best.loc["mean"] = best.mean()
@@ -278,7 +288,7 @@ def write_results(out: Path, rows: list[dict], detections: list, config: SteerEv
         + ("" if unreached.empty else " (" + ", ".join(
             f"{r.concept}/{r.method}/{r.target}" for r in unreached.itertuples()) + ")"),
     ]  # fmt: skip
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
 
     kl_rows = flat[flat["target"] > 0]
     if not kl_rows.empty:

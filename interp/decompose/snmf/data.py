@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from interp.core.checks import all_finite, check_activations
+from interp.core.io import atomic_write
 from interp.decompose.base import DecomposerError
 from interp.store import ActivationStore
 
@@ -83,7 +84,4 @@ class _GMatrix:
 
     def snapshot(self, target: Path) -> None:
         """Write G to `target` (.npy) atomically: an on-disk checkpoint that later iterations do not touch."""
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, self.data.cpu().numpy())
-        tmp.replace(target)
+        atomic_write(target, lambda f: np.save(f, self.data.cpu().numpy()))

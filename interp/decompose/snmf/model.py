@@ -191,23 +191,11 @@ class SNMF:
             for name in ("G.npy", "G.spare.npy")
         ]
         g = g_best = buffers[0]
-        state, resumed = FitState(), False
-        if ckpt is not None and ckpt.saved is not None:
-            saved_state, saved = ckpt.read_state()
-            state = FitState(**saved_state)
-            best_is_latest = state.best_iteration == state.iteration
-            g_best = g if best_is_latest else buffers[1]
-            for buffer, name in [(g, "G")] + ([] if best_is_latest else [(g_best, "G_best")]):
-                # this rank's columns, from the ranks that saved them
-                for start in range(0, stream.n, 1 << 20):
-                    end = min(stream.n, start + (1 << 20))
-                    buffer[start:end] = ckpt.read_columns(name, stream.offset + start, stream.offset + end, k)
-            f_best, ag, gtg = saved["F_best"].to(device), saved["AG"].to(device), saved["GtG"].to(device)
-            norm_a2 = float(saved["norm_a2"])
-            resumed = True
-            if state.stop_reason == "max_iter" and state.iteration < cfg.max_iter:
-                state.stop_reason = ""  # asked for more iterations: continue
-        if not resumed:
+        restored = self._restore_level(stream, ckpt, buffers, k)
+        if restored is not None:
+            state, g_best, f_best, ag, gtg, norm_a2 = restored
+        else:
+            state = FitState()
             norm_a2 = float(self._reduce(torch.tensor(sum(float(x.square().sum(dtype=torch.float64)) for _, _, x in stream.chunks()),
                                                       dtype=torch.float64)))  # fmt: skip
             if norm_a2 == 0:
@@ -219,30 +207,12 @@ class SNMF:
         started, cpu_started = time.perf_counter() - state.seconds, time.process_time() - state.cpu_seconds
         while state.iteration < cfg.max_iter and not state.stop_reason:
             # 1-3: F from the sums of the previous pass, winner-take-all, rescale G's columns into F.
-            f = solve_f(ag, gtg, cfg.ridge)
-            g_norms = gtg.diagonal().clamp_min(1e-30).sqrt()  # ||G[:, j]|| before the rescale
-            if m < d:
-                idx, vals = winner_take_all(f, m)
-                vals = vals * g_norms[:, None]
-                f_dense = dense_from_sparse(idx, vals, d)
-                kept = (idx, vals) if 8 * m <= d else None  # the dense product when F is not sparse
-            else:  # sparsity 1: every neuron kept, plain semi-NMF
-                f_dense, kept = f * g_norms, None
+            f_dense, kept, g_norms = _sparse_f(ag, gtg, m, d, cfg.ridge)
             q = f_dense.T @ f_dense
             # 4-5: one pass over the tokens: update G, accumulate A G and G^T G for the next F, and <P, G>.
-            ag, gtg = torch.zeros(d, k, device=device), torch.zeros(k, k, device=device)
-            cross = torch.zeros((), device=device, dtype=torch.float64)
             spare = buffers[1] if g is buffers[0] else buffers[0]
             target = spare if g is g_best else g
-            for start, end, x in stream.chunks():
-                g_chunk = g[start:end].to(device) / g_norms[:, None]  # G^T [k, c]
-                p = project(x, f_dense, kept)  # P^T = F^T A for these tokens
-                with matmul_precision(cfg.fast_matmul):
-                    g_chunk = multiplicative_update(g_chunk, p, q, cfg.eps)
-                    ag.addmm_(x.T, g_chunk.T)
-                cross += torch.dot(p.view(-1), g_chunk.view(-1))  # the loss's <P, G>, from P as it was
-                gtg.addmm_(g_chunk, g_chunk.T)
-                target[start:end] = g_chunk
+            ag, gtg, cross = self._update_pass(stream, g, target, g_norms, f_dense, kept, q)
             g = target
             self._reduce(ag)
             self._reduce(gtg)
@@ -280,6 +250,44 @@ class SNMF:
             self.state = state
             self.g_best = g_best.codes.cpu()  # the codes of the fitted tokens (best iterate), [n_tokens, k]
         return f_best.cpu()
+
+    def _restore_level(self, stream: _Data, ckpt: Checkpoints | None, buffers: list, k: int):
+        """Resume a level from its checkpoint into `buffers` (G, G spare); returns (state, g_best, F_best, A G,
+        G^T G, ||A||^2) or None when there is none."""
+        if ckpt is None or ckpt.saved is None:
+            return None
+        saved_state, saved = ckpt.read_state()
+        state = FitState(**saved_state)
+        g = buffers[0]
+        best_is_latest = state.best_iteration == state.iteration
+        g_best = g if best_is_latest else buffers[1]
+        for buffer, name in [(g, "G")] + ([] if best_is_latest else [(g_best, "G_best")]):
+            # this rank's columns, from the ranks that saved them
+            for start in range(0, stream.n, 1 << 20):
+                end = min(stream.n, start + (1 << 20))
+                buffer[start:end] = ckpt.read_columns(name, stream.offset + start, stream.offset + end, k)
+        device = stream.device
+        f_best, ag, gtg = saved["F_best"].to(device), saved["AG"].to(device), saved["GtG"].to(device)
+        if state.stop_reason == "max_iter" and state.iteration < self.config.max_iter:
+            state.stop_reason = ""  # asked for more iterations: continue
+        return state, g_best, f_best, ag, gtg, float(saved["norm_a2"])
+
+    def _update_pass(self, stream: _Data, g, target, g_norms, f_dense, kept, q):
+        """Steps 4-5, one pass over the tokens: update G (read from `g`, written into `target`), accumulate
+        A G `[d, k]` and G^T G `[k, k]` for the next F, and the loss's <P, G> (from P as it was)."""
+        cfg, device, k = self.config, stream.device, f_dense.shape[1]
+        ag, gtg = torch.zeros(stream.d, k, device=device), torch.zeros(k, k, device=device)
+        cross = torch.zeros((), device=device, dtype=torch.float64)
+        for start, end, x in stream.chunks():
+            g_chunk = g[start:end].to(device) / g_norms[:, None]  # G^T [k, c]
+            p = project(x, f_dense, kept)  # P^T = F^T A for these tokens
+            with matmul_precision(cfg.fast_matmul):
+                g_chunk = multiplicative_update(g_chunk, p, q, cfg.eps)
+                ag.addmm_(x.T, g_chunk.T)
+            cross += torch.dot(p.view(-1), g_chunk.view(-1))
+            gtg.addmm_(g_chunk, g_chunk.T)
+            target[start:end] = g_chunk
+        return ag, gtg, cross
 
     def _fit_hierarchy(self, progress: bool) -> None:
         """Each coarser level factorizes the previous level's F `[d, r_prev]` (its columns as the 'tokens')."""
@@ -341,3 +349,17 @@ class SNMF:
             snmf.levels.append({"F": tensors[f"hierarchy.{level}.F"], "G": tensors[f"hierarchy.{level}.G"]})
             level += 1
         return snmf
+
+
+def _sparse_f(ag: torch.Tensor, gtg: torch.Tensor, m: int, d: int, ridge: float):
+    """Steps 1-3: F from the sums of the previous pass, winner-take-all (m of d neurons per column), G's column
+    norms moved into F. Returns (F dense `[d, k]`, the kept (indices, values) or None for a dense product, the
+    norms `[k]`)."""
+    f = solve_f(ag, gtg, ridge)
+    g_norms = gtg.diagonal().clamp_min(1e-30).sqrt()  # ||G[:, j]|| before the rescale
+    if m >= d:  # sparsity 1: every neuron kept, plain semi-NMF
+        return f * g_norms, None, g_norms
+    idx, vals = winner_take_all(f, m)
+    vals = vals * g_norms[:, None]
+    kept = (idx, vals) if 8 * m <= d else None  # the dense product when F is not sparse
+    return dense_from_sparse(idx, vals, d), kept, g_norms
