@@ -8,7 +8,8 @@ overcomplete, in the same run.
 Each peer lives in its own virtual environment (their pins clash; `pip install torch==2.13.0 sae-lens`,
 `... eai-sparsify`, `... dictionary-learning`, `... overcomplete 'matplotlib<3.9'`) and runs as a subprocess on
 the same data (a temporary file). Same architecture and settings for all: d_in 640, 4096 latents, k 32, batch 4096,
-Adam(W, no decay) at the same learning rate for the same number of steps (`--steps`; SAELens' and overcomplete's
+the same initialization (see shared_init), Adam(W, no decay) at the same constant learning rate for the same
+number of steps (`--steps`; SAELens' and overcomplete's
 MP-SAEs, ~8 s and ~45 s a step on 2 cores, run `--slow-steps`); activations are scaled to mean norm sqrt(d_in)
 once, here, for everyone. Rows/s exclude the first (warm-up) step; interp's include its trainer's own work
 (sampling, metrics). FVU is measured by this script on held-out rows from each method's reconstruction. The last
@@ -43,24 +44,55 @@ def _timed_steps(step, n_steps: int) -> float:
     return time.perf_counter() - start
 
 
+def shared_init(train: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The one initialization every method starts from: unit decoder rows W_dec [D_SAE, d] from `seed`, the encoder
+    its transpose, b_enc 0, b_dec the mean of the training rows."""
+    gen = torch.Generator().manual_seed(seed)
+    w_dec = torch.nn.functional.normalize(torch.randn(D_SAE, train.shape[1], generator=gen), dim=1)
+    return {
+        "W_dec": w_dec,
+        "W_enc": w_dec.T.contiguous(),
+        "b_enc": torch.zeros(D_SAE),
+        "b_dec": train.mean(0),
+    }
+
+
+@torch.no_grad()
+def _start_from(init: dict[str, torch.Tensor], **params: torch.Tensor) -> None:
+    """Copy the shared init into a peer's parameters, named by the init's key (each transposed where needed)."""
+    for key, param in params.items():
+        value = init[key]
+        param.copy_(value if value.shape == param.shape else value.T)
+
+
 def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) -> None:
-    """Train one method on the train rows, write its held-out reconstruction and timing."""
+    """Train one method on the train rows from the shared init, write its held-out reconstruction and timing."""
     data = torch.load(data_path, weights_only=True)
-    train, held = data["train"], data["held"]
+    train, held, init = data["train"], data["held"], data["init"]
     torch.manual_seed(0)
     batches = [train[(i * BATCH) % (train.shape[0] - BATCH) :][:BATCH] for i in range(n_steps)]
 
     if name in ("interp_topk", "interp_mpsae"):
+        import interp.decompose.train as trainer
         from interp.decompose.mp_sae import MPSAE, MPSAEConfig
         from interp.decompose.sae import SAE, SAEConfig
 
+        # constant learning rate (warmup 1 step, no decay), as the peers' plain Adam loops
         common = {"n_features": D_SAE, "k": K, "batch_size": BATCH, "n_steps": n_steps, "lr": lr, "normalize": False,
-                  "warmup_steps": 1, "device": "cpu"}  # fmt: skip
+                  "warmup_steps": 1, "decay_start": 1.0, "device": "cpu"}  # fmt: skip
         model = (
             SAE(SAEConfig(architecture="topk", **common))
             if name == "interp_topk"
             else MPSAE(MPSAEConfig(**common))
         )
+        module = model.build(train.shape[1])
+        tied = {"W_dec": module.W_dec, "b_dec": module.b_dec}
+        _start_from(
+            init, **tied, **({"W_enc": module.W_enc, "b_enc": module.b_enc} if name == "interp_topk" else {})
+        )
+        trainer._init_from_data = lambda *args: (
+            None
+        )  # keep the shared init (normalize=False: no scale to set)
         stacked = torch.cat(batches)  # the trainer shuffles; same rows as the peers see
         start = time.perf_counter()
         model.fit(stacked, progress=False)
@@ -72,6 +104,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
         from sparsify import SparseCoder, SparseCoderConfig
 
         sae = SparseCoder(train.shape[1], SparseCoderConfig(num_latents=D_SAE, k=K))
+        _start_from(init, W_enc=sae.encoder.weight, b_enc=sae.encoder.bias, W_dec=sae.W_dec, b_dec=sae.b_dec)
         opt = torch.optim.Adam(sae.parameters(), lr=lr)
 
         def step(i):
@@ -99,6 +132,8 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
             sae = MatchingPursuitTrainingSAE(MatchingPursuitTrainingSAEConfig(
                 d_in=train.shape[1], d_sae=D_SAE, max_iterations=K, residual_threshold=0.0,
                 stop_on_duplicate_support=False))  # fmt: skip
+        names = ("W_enc", "b_enc", "W_dec", "b_dec") if name == "saelens_topk" else ("W_dec", "b_dec")
+        _start_from(init, **{key: getattr(sae, key) for key in names})
         opt = torch.optim.Adam(sae.parameters(), lr=lr)
 
         def step(i):
@@ -136,14 +171,19 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
 
         trainer = TopKTrainer(steps=n_steps, activation_dim=train.shape[1], dict_size=D_SAE, k=K, layer=0,
                               lm_name="benchmark", lr=lr, warmup_steps=1, seed=0, device="cpu")  # fmt: skip
+        ae = (
+            trainer.ae
+        )  # its first update replaces b_dec by the batch's geometric median (said in the output)
+        _start_from(
+            init, W_enc=ae.encoder.weight, b_enc=ae.encoder.bias, W_dec=ae.decoder.weight, b_dec=ae.b_dec
+        )
 
         seconds = _timed_steps(lambda i: trainer.update(i, batches[i]), n_steps)
         with torch.no_grad():
             recon = trainer.ae.decode(trainer.ae.encode(held))
     elif name == "dense_topk":  # a plain dense TopK SAE in a few lines, for orientation
-        w_enc = (torch.randn(train.shape[1], D_SAE) / train.shape[1] ** 0.5).requires_grad_()
-        w_dec = w_enc.detach().T.clone().requires_grad_()
-        b_enc, b_dec = torch.zeros(D_SAE, requires_grad=True), train.mean(0).clone().requires_grad_()
+        w_enc, w_dec = init["W_enc"].clone().requires_grad_(), init["W_dec"].clone().requires_grad_()
+        b_enc, b_dec = init["b_enc"].clone().requires_grad_(), init["b_dec"].clone().requires_grad_()
         opt = torch.optim.Adam([w_enc, w_dec, b_enc, b_dec], lr=lr)
 
         def forward(x):
@@ -186,7 +226,9 @@ def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps
           f"k {K}, batch {BATCH}, lr {lr}, {rounds} round(s)", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "data.pt"
-        torch.save({"train": train.contiguous(), "held": held.contiguous()}, data_path)
+        torch.save(
+            {"train": train.contiguous(), "held": held.contiguous(), "init": shared_init(train)}, data_path
+        )
         # each interp run next to its closest peer, so slow drifts of a shared machine hit both alike
         plan = [("sparsify_topk", pythons["sparsify"]), ("interp_topk", sys.executable),
                 ("saelens_topk", pythons["saelens"]), ("dictlearn_topk", pythons["dictionary_learning"]),
@@ -211,6 +253,12 @@ def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps
                 runs.setdefault(name, []).append(row)
                 print(f"  round {round_ + 1}: {name:<20}{row['rows_per_s']:>10,.0f} rows/s  FVU {row['fvu']:.4f}",
                       flush=True)  # fmt: skip
+    print(
+        "Same init for all (unit W_dec from one seed, W_enc its transpose, b_enc 0, b_dec the train mean) and a "
+        "constant learning rate; still different: dictionary-learning re-sets b_dec to the first batch's geometric "
+        "median; overcomplete's MP-SAE keeps its own init; "
+        "interp's trainer samples its batches from the same rows in its own order."
+    )
     print(f"{'method':<22}{'steps':>6}{'rows/s':>10}{'held-out FVU':>14}{'interp speed / this':>21}")
     for family in families:
         names = [name for name in runs if name.endswith(family)]

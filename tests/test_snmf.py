@@ -114,14 +114,17 @@ def test_multiplicative_update_never_increases_the_g_objective():
     assert all(b <= a * (1 + 1e-5) for a, b in zip(errors, errors[1:], strict=False))
 
 
-def test_fast_matmul_fits_as_strict_float32_and_restores_the_precision(data):
+def test_fast_matmul_fits_as_strict_float32_and_restores_the_precision(data, monkeypatch):
     """fast_matmul runs only A G at precision "medium" (oneDNN on CPU, TF32 on GPU): float rounding, the same fit;
     the loss does not use that product, and torch's global setting is left as it was."""
     x, _ = data
     config = SNMFConfig(n_features=16, max_iter=40, patience=40)
     strict = SNMF(SNMFConfig(**{**config.__dict__, "fast_matmul": False})).fit(x, progress=False)
     before = torch.get_float32_matmul_precision()
+    asked, set_precision = [], torch.set_float32_matmul_precision
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda p: (asked.append(p), set_precision(p)))
     fast = SNMF(config).fit(x, progress=False)
+    assert asked.count("medium") >= 40  # the fast path ran: once per iteration at least (not the strict one)
     assert torch.get_float32_matmul_precision() == before
     assert fast.state.best_loss == pytest.approx(strict.state.best_loss, rel=1e-3)
     assert recovery(fast.f, strict.f) >= 0.999  # each strict feature has its twin in the fast fit

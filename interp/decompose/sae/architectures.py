@@ -83,7 +83,22 @@ def _batch_topk_select(module, pre: torch.Tensor) -> Selection:
 
 
 def _jumprelu_codes(module, pre: torch.Tensor) -> torch.Tensor:
+    if module.config.target_l0 > 0 and not bool(module.threshold_ready):
+        _start_threshold_at_target(module, pre)
     return JumpReLU.apply(pre, module.log_threshold.exp(), module.config.bandwidth)
+
+
+@torch.no_grad()
+def _start_threshold_at_target(module, pre: torch.Tensor) -> None:
+    """Start each latent's threshold where it fires on target_l0 / n_features of this first batch's tokens (under
+    DDP: the mean over ranks), so training starts at the target L0 with every latent alive, instead of crawling
+    there from a small initial threshold."""
+    cfg = module.config
+    per_latent = max(1, round(cfg.target_l0 / cfg.n_features * pre.shape[0]))
+    cut = pre.detach().float().topk(per_latent, dim=0).values[-1]  # [d_sae]
+    cut = distributed.all_reduce_sum(cut) / distributed.world_size()
+    module.log_threshold.copy_(cut.clamp_min(1e-6).log())
+    module.threshold_ready.fill_(True)
 
 
 def _l1_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float) -> torch.Tensor:
@@ -92,9 +107,14 @@ def _l1_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float)
 
 
 def _l0_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float) -> torch.Tensor:
-    """l0_coeff * L0 with the straight-through gradient to theta."""
+    """l0_coeff * L0, or with a target (as Gemma Scope 2 trains JumpReLU) l0_coeff * d_in * (L0 / target_l0 - 1)^2
+    (d_in: the MSE of activations scaled to norm sqrt(d_in) grows with it); L0 is the batch mean, with the
+    straight-through gradient to theta."""
     cfg = module.config
-    return cfg.l0_coeff * Step.apply(pre, module.log_threshold.exp(), cfg.bandwidth).sum(-1).mean()
+    l0 = Step.apply(pre, module.log_threshold.exp(), cfg.bandwidth).sum(-1).mean()
+    if cfg.target_l0 > 0:
+        return cfg.l0_coeff * module.d_in * (l0 / cfg.target_l0 - 1).square()
+    return cfg.l0_coeff * l0
 
 
 def _theta(module) -> torch.Tensor:

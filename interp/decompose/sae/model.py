@@ -45,11 +45,16 @@ class SAEConfig:
     l1_warmup_steps: int = 200
     """ReLU: the L1 coefficient grows linearly from 0 over these steps."""
     l0_coeff: float = 0.5
-    """JumpReLU: weight of the L0 penalty."""
-    bandwidth: float = 0.001
-    """JumpReLU: width of the rectangle kernel of the straight-through estimator."""
-    initial_threshold: float = 0.001
-    """JumpReLU: initial per-latent threshold theta."""
+    """JumpReLU: weight of the L0 penalty (with target_l0: of the squared relative miss of the target)."""
+    threshold_lr_scale: float = 10.0
+    """JumpReLU: the log threshold's learning rate as a multiple of lr."""
+    target_l0: float = 0.0
+    """JumpReLU: train to this mean number of active latents per token (0 = penalize L0 itself)."""
+    bandwidth: float = 0.05
+    """JumpReLU: width of the rectangle kernel of the straight-through estimator (SAELens' default; at 0.001 the
+    threshold hardly moves on activations scaled to norm sqrt(d_in), so L0 cannot be controlled)."""
+    initial_threshold: float = 0.01
+    """JumpReLU: initial per-latent threshold theta (replaced by the target's value when target_l0 is set)."""
     lr: float = 0.0
     """AdamW learning rate; 0 = 2e-4 / sqrt(n_features / 16384) (the scaling rule of eai-sparsify)."""
     batch_size: int = 4096
@@ -82,6 +87,10 @@ class SAEConfig:
             )
         if ARCHITECTURES[self.architecture].uses_k and not 0 < self.k <= self.n_features:
             raise DecomposerError(f"k={self.k} must be between 1 and n_features={self.n_features}")
+        if not 0 <= self.target_l0 <= self.n_features:
+            raise DecomposerError(
+                f"target_l0={self.target_l0} must be between 0 (off) and n_features={self.n_features}"
+            )
 
     @property
     def learning_rate(self) -> float:
@@ -105,7 +114,17 @@ class SAEModule(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(config.initial_threshold)))
         self.register_buffer("batch_threshold", torch.tensor(0.0))  # BatchTopK inference threshold
+        self.register_buffer(
+            "threshold_ready", torch.tensor(False)
+        )  # JumpReLU: threshold set from the target
         self.register_buffer("scale", torch.tensor(1.0))  # activation scale (1 once folded)
+
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """AdamW parameter groups: the JumpReLU log-threshold moves `threshold_lr_scale` times faster (Adam moves a
+        log threshold by about lr per step: at lr 2e-4, 1% per 50 steps, too slow to follow the encoder)."""
+        others = [p for name, p in self.named_parameters() if name != "log_threshold"]
+        return [{"params": others, "lr": lr},
+                {"params": [self.log_threshold], "lr": lr * self.config.threshold_lr_scale}]  # fmt: skip
 
     @property
     def resamples_dead(self) -> bool:
@@ -305,5 +324,6 @@ class SAE:
             if "threshold" in tensors:
                 m.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
                 m.batch_threshold.copy_(tensors["threshold"][0])
+                m.threshold_ready.fill_(True)
         sae.history = meta.get("history", [])
         return sae
