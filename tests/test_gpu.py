@@ -52,7 +52,11 @@ def test_every_edit_follows_the_activations_device_on_cuda(tiny_llama):
     sae = SAE(SAEConfig(architecture="topk", n_features=32, k=4, device="cpu"), d_in=model.info.d_model)
     tokens = torch.randint(3, 200, (2, 8)).cuda()
     try:
-        for edit in (Reconstruct(sae, "all"), ZeroAblate("all"), AddDirection(torch.randn(model.info.d_model), 1.0)):
+        for edit in (
+            Reconstruct(sae, "all"),
+            ZeroAblate("all"),
+            AddDirection(torch.randn(model.info.d_model), 1.0),
+        ):
             logits = steered_logits(model, tokens, site, edit)
             assert logits.is_cuda and torch.isfinite(logits).all()
     finally:
