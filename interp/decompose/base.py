@@ -36,6 +36,7 @@ METHODS: dict[str, str] = {
     "topk": "interp.decompose.sae.model:SAE",
     "batchtopk": "interp.decompose.sae.model:SAE",
     "jumprelu": "interp.decompose.sae.model:SAE",
+    "matryoshka": "interp.decompose.sae.model:SAE",
     "mpsae": "interp.decompose.mp_sae:MPSAE",
 }
 

@@ -19,6 +19,7 @@ SAELENS_ARCHITECTURE = {
     "topk": "topk",
     "jumprelu": "jumprelu",
     "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
     "mpsae": "matching_pursuit",
 }
 
