@@ -71,12 +71,21 @@ def method_class(method: str) -> type:
 
 
 def load_decomposer(folder: str | Path) -> Decomposer:
-    """Load any saved decomposer; its config.json says which method it is."""
+    """Load any saved decomposer; its config.json says which method it is. A folder of another library (SAELens,
+    sparsify, dictionary_learning, Gemma Scope's params.npz) is read directly, as `interp import` would convert it."""
     folder = Path(folder)
-    if not (folder / CONFIG_FILE).exists():
-        raise DecomposerError(f"no decomposer at {folder} (no {CONFIG_FILE}); fit one with `interp fit`")
-    method = json.loads((folder / CONFIG_FILE).read_text()).get("method")
-    return method_class(method).load(folder)
+    meta = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
+    if "method" in meta:
+        return method_class(meta["method"]).load(folder)
+    from interp.decompose.formats import detect_format, read_dictionary
+    from interp.decompose.formats.imported import to_decomposer
+
+    if folder.exists() and detect_format(folder):
+        return to_decomposer(read_dictionary(folder))
+    raise DecomposerError(
+        f"no decomposer at {folder} (no interp {CONFIG_FILE}, nor a SAELens, sparsify, dictionary_learning or "
+        "Gemma Scope dictionary); fit one with `interp fit` or convert one with `interp import`"
+    )
 
 
 def save_decomposer(

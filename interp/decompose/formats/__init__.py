@@ -1,1 +1,74 @@
-"""Other libraries' file formats: SAELens export."""
+"""Other libraries' dictionaries: SAELens export, and import of SAELens, sparsify, dictionary_learning and
+Gemma Scope files into interp decomposer folders (see imported.py). `FORMATS` is the one table of readers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Format:
+    detect: Callable[[Path], bool]
+    read: Callable[..., Any]
+    """(path, **flags) -> Imported"""
+    looks_like: str
+
+
+def _saelens(folder: Path) -> bool:
+    from interp.decompose.formats.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS
+
+    return (folder / SAELENS_CONFIG).exists() and (folder / SAELENS_WEIGHTS).exists()
+
+
+def _reader(module: str, name: str) -> Callable[..., Any]:
+    def read(path: Path, **flags):
+        import importlib
+
+        return getattr(importlib.import_module(f"interp.decompose.formats.{module}"), name)(path, **flags)
+
+    return read
+
+
+def _detector(module: str, name: str) -> Callable[[Path], bool]:
+    def detect(path: Path) -> bool:
+        import importlib
+
+        return getattr(importlib.import_module(f"interp.decompose.formats.{module}"), name)(path)
+
+    return detect
+
+
+FORMATS: dict[str, Format] = {
+    "saelens": Format(_saelens, _reader("saelens", "read_saelens"), "cfg.json + sae_weights.safetensors"),
+    "sparsify": Format(_detector("sparsify", "is_sparsify"), _reader("sparsify", "read_sparsify"),
+                       "cfg.json + sae.safetensors (one folder per hookpoint)"),
+    "dictionary_learning": Format(_detector("dictionary_learning", "is_dictionary_learning"),
+                                  _reader("dictionary_learning", "read_dictionary_learning"), "ae.pt + config.json"),
+    "gemma_scope": Format(_detector("gemma_scope", "is_gemma_scope"), _reader("gemma_scope", "read_gemma_scope"),
+                          "params.npz"),
+}  # fmt: skip
+FLAGS_READ = {"gemma_scope": ("model_name", "site")}  # the formats whose files lack the metadata
+
+
+def detect_format(path: str | Path) -> str | None:
+    """The name of the format of the dictionary at `path`, or None."""
+    path = Path(path)
+    return next((name for name, spec in FORMATS.items() if spec.detect(path)), None)
+
+
+def read_dictionary(path: str | Path, format: str | None = None, **flags) -> Any:
+    """Read the dictionary at `path` (format detected unless given) as an `Imported`."""
+    from interp.decompose.formats.imported import FormatError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    format = format or detect_format(path)
+    if format not in FORMATS:
+        known = "; ".join(f"{name}: {spec.looks_like}" for name, spec in FORMATS.items())
+        raise FormatError(f"no dictionary format recognised at {path}; interp reads {known}")
+    allowed = FLAGS_READ.get(format, ())
+    return FORMATS[format].read(path, **{k: v for k, v in flags.items() if k in allowed and v})
