@@ -186,5 +186,25 @@ def _versions() -> dict:
     return out
 
 
+def roundtrip(converted: Path, root: Path) -> None:
+    """Load with SAELens the SAELens files interp wrote into each converted folder (converted/<golden path>, e.g.
+    by `interp import`) and print the max abs difference of SAELens' codes from the original library's."""
+    from safetensors.torch import load_file
+    from sae_lens import SAE
+
+    x = load_file(str(root / "input.safetensors"))["x"]
+    for expected in sorted(root.rglob("expected.safetensors")):
+        folder = converted / expected.parent.relative_to(root)
+        if not (folder / "cfg.json").exists():
+            continue
+        with torch.no_grad():
+            codes = SAE.load_from_disk(folder).encode(x)
+        diff = float((codes - load_file(str(expected))["codes"]).abs().max())
+        print(f"{str(expected.parent.relative_to(root)):45s} SAELens codes of interp's export: max abs diff {diff:.2e}")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent))
+    if sys.argv[1:2] == ["--roundtrip"]:
+        roundtrip(Path(sys.argv[2]), Path(__file__).parent)
+    else:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent))

@@ -67,8 +67,12 @@ def read_dictionary(path: str | Path, format: str | None = None, **flags) -> Any
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     format = format or detect_format(path)
+    if format is None and path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.is_dir() and detect_format(p))
+        if inside:
+            raise FormatError(f"{path} holds several dictionaries; pick one: {', '.join(inside)}")
     if format not in FORMATS:
         known = "; ".join(f"{name}: {spec.looks_like}" for name, spec in FORMATS.items())
-        raise FormatError(f"no dictionary format recognised at {path}; interp reads {known}")
+        raise FormatError(f"no dictionary format {format!r} recognised at {path}; interp reads {known}")
     allowed = FLAGS_READ.get(format, ())
     return FORMATS[format].read(path, **{k: v for k, v in flags.items() if k in allowed and v})
