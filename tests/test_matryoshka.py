@@ -90,3 +90,24 @@ def test_bad_widths_are_refused(widths):
 
 def test_default_widths_double():
     assert SAEConfig(architecture="matryoshka", n_features=256).widths == (16, 32, 64, 128, 256)
+
+
+def test_training_loss_equals_saelens_matryoshka_on_its_golden_weights():
+    """SAELens' MatryoshkaBatchTopKTrainingSAE (tests/golden/make_golden.py) sums the prefixes' MSEs; interp takes
+    their mean (as dictionary_learning's equal group weights): same selection, same prefix reconstructions."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).parent / "golden" / "saelens_training" / "matryoshka"
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    want = load_file(str(folder / "expected_loss.safetensors"))
+    x = load_file(str(folder.parent.parent / "input.safetensors"))["x"]
+    config = SAEConfig(architecture="matryoshka", n_features=128, k=8, matryoshka_widths=(16, 48, 128))
+    module = SAE(config, d_in=64).module
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(module, name).copy_(weights[name])
+    loss, stats = module.training_loss(x, torch.zeros(128, dtype=torch.bool), 0.0)
+    assert float(loss.detach()) * 3 == pytest.approx(float(want["loss"]), rel=1e-5)
+    assert stats["mse"] == pytest.approx(float(want["mse_loss"]), rel=1e-5)

@@ -12,21 +12,25 @@ from interp.cli.common import USER_ERRORS, fail
 
 
 def import_cmd(
-    source: Annotated[Path, typer.Argument(help="a SAELens / sparsify / dictionary_learning folder, or params.npz")],
+    source: Annotated[
+        Path, typer.Argument(help="a SAELens / sparsify / dictionary_learning folder, or params.npz")
+    ],
     out: Annotated[Path, typer.Option(help="the interp decomposer folder to write")],
     format: Annotated[
-        str | None, typer.Option(help="saelens | sparsify | dictionary_learning | gemma_scope (default: detected)")
+        str | None,
+        typer.Option(help="saelens | sparsify | dictionary_learning | gemma_scope (default: detected)"),
     ] = None,
     model: Annotated[str | None, typer.Option(help="model name, for files without one (Gemma Scope)")] = None,
     site: Annotated[
         str | None, typer.Option(help="interp site, e.g. 6.resid_post (default: from the file's hook name)")
     ] = None,
     store: Annotated[
-        Path | None, typer.Option(help="a store of that site: checks d_in and records it for index / evaluate")
+        Path | None,
+        typer.Option(help="a store of that site: checks d_in and records it for index / evaluate"),
     ] = None,
 ) -> None:
     """Convert a dictionary saved by another library; `load_decomposer` and every later stage read the folder."""
-    from interp.decompose.formats.imported import import_dictionary
+    from interp.decompose.formats import import_dictionary
 
     try:
         decomposer, imported = import_dictionary(source, out, format, model or "", site, store)

@@ -40,6 +40,9 @@ METHODS: dict[str, str] = {
     "mpsae": "interp.decompose.mp_sae:MPSAE",
 }
 
+# folder -> decomposer | None for other libraries' folders (SAELens, sparsify, ...); imported lazily, as METHODS.
+FOREIGN_READER = "interp.decompose.formats:load_foreign"
+
 
 class DecomposerError(ValueError):
     """Bad input to a decomposer: wrong shape, NaN, impossible settings."""
@@ -77,11 +80,10 @@ def load_decomposer(folder: str | Path) -> Decomposer:
     meta = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
     if "method" in meta:
         return method_class(meta["method"]).load(folder)
-    from interp.decompose.formats import detect_format, read_dictionary
-    from interp.decompose.formats.imported import to_decomposer
-
-    if folder.exists() and detect_format(folder):
-        return to_decomposer(read_dictionary(folder))
+    module, name = FOREIGN_READER.split(":")
+    foreign = getattr(importlib.import_module(module), name)(folder)
+    if foreign is not None:
+        return foreign
     raise DecomposerError(
         f"no decomposer at {folder} (no interp {CONFIG_FILE}, nor a SAELens, sparsify, dictionary_learning or "
         "Gemma Scope dictionary); fit one with `interp fit` or convert one with `interp import`"

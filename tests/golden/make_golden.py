@@ -13,6 +13,7 @@ codes come from SAELens' own JumpReLU SAE loaded with those arrays, as SAELens' 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,8 +38,10 @@ def randomize(module: torch.nn.Module, seed: int) -> None:
 
 
 def write_expected(folder: Path, codes: torch.Tensor, recon: torch.Tensor) -> None:
-    save_file({"codes": codes.detach().float().contiguous(), "recon": recon.detach().float().contiguous()},
-              str(folder / "expected.safetensors"))
+    save_file(
+        {"codes": codes.detach().float().contiguous(), "recon": recon.detach().float().contiguous()},
+        str(folder / "expected.safetensors"),
+    )
 
 
 def saelens(out: Path, x: torch.Tensor) -> None:
@@ -58,8 +61,12 @@ def saelens(out: Path, x: torch.Tensor) -> None:
         "topk_rescaled": {"architecture": "topk", "k": 8, "rescale_acts_by_decoder_norm": True},
         "jumprelu": {"architecture": "jumprelu", "metadata": {**meta, "hook_name": "blocks.3.mlp.hook_post"}},
         "jumprelu_no_bdec": {"architecture": "jumprelu", "apply_b_dec_to_input": False},
-        "matching_pursuit": {"architecture": "matching_pursuit", "max_iterations": 6, "residual_threshold": 0.0,
-                             "stop_on_duplicate_support": False},
+        "matching_pursuit": {
+            "architecture": "matching_pursuit",
+            "max_iterations": 6,
+            "residual_threshold": 0.0,
+            "stop_on_duplicate_support": False,
+        },
     }
     for seed, (name, cfg) in enumerate(inference.items()):
         sae = SAE.from_dict({"d_in": D_IN, "d_sae": D_SAE, "metadata": meta, **cfg})
@@ -82,7 +89,26 @@ def saelens(out: Path, x: torch.Tensor) -> None:
         loaded = SAE.load_from_disk(out / name)  # the inference SAE SAELens itself loads from those files
         codes = loaded.encode(x)
         write_expected(out / name, codes, loaded.decode(codes))
+    matryoshka_training(out.parent / "saelens_training" / "matryoshka", x)
     print("sae-lens", sae_lens.__version__)
+
+
+def matryoshka_training(folder: Path, x: torch.Tensor) -> None:
+    """SAELens' own Matryoshka BatchTopK training loss on the fixed batch (no dead latents, so no AuxK), with the
+    training SAE saved by its own save_model."""
+    from sae_lens.saes import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    cfg = MatryoshkaBatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=8, matryoshka_widths=[16, 48, D_SAE],
+                                               rescale_acts_by_decoder_norm=False)  # fmt: skip
+    sae = MatryoshkaBatchTopKTrainingSAE(cfg)
+    randomize(sae, 30)
+    sae.save_model(folder)
+    step = sae.training_forward_pass(TrainStepInput(x, {}, None, 0, False))
+    losses = {k: v.detach().reshape(1).float() for k, v in step.losses.items()}
+    save_file(
+        {"loss": step.loss.detach().reshape(1).float(), **losses}, str(folder / "expected_loss.safetensors")
+    )
 
 
 def sparsify(out: Path, x: torch.Tensor) -> None:
@@ -100,12 +126,15 @@ def sparsify(out: Path, x: torch.Tensor) -> None:
 def dictionary_learning(out: Path, x: torch.Tensor) -> None:
     """Each trainer's dictionary through dictionary_learning's own trainSAE (0 steps: it saves ae.pt and
     config.json), then random weights written back with the same torch.save of the state dict trainSAE does."""
+    from dictionary_learning.dictionary import AutoEncoder, JumpReluAutoEncoder
     from dictionary_learning.trainers.batch_top_k import BatchTopKSAE, BatchTopKTrainer
     from dictionary_learning.trainers.jumprelu import JumpReluTrainer
-    from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE, MatryoshkaBatchTopKTrainer
+    from dictionary_learning.trainers.matryoshka_batch_top_k import (
+        MatryoshkaBatchTopKSAE,
+        MatryoshkaBatchTopKTrainer,
+    )
     from dictionary_learning.trainers.standard import StandardTrainer
     from dictionary_learning.trainers.top_k import AutoEncoderTopK, TopKTrainer
-    from dictionary_learning.dictionary import AutoEncoder, JumpReluAutoEncoder
     from dictionary_learning.training import trainSAE
 
     common = {"steps": 2, "warmup_steps": 0, "activation_dim": D_IN, "dict_size": D_SAE, "layer": 6, "lm_name": "gpt2",
@@ -128,8 +157,11 @@ def dictionary_learning(out: Path, x: torch.Tensor) -> None:
         if "threshold" in dict(ae.named_buffers()):
             ae.threshold.fill_(0.4)
         torch.save({k: v.cpu() for k, v in ae.state_dict().items()}, trained / "ae.pt")
-        again = cls.from_pretrained(str(trained / "ae.pt")) if name != "jumprelu" else _jumprelu(
-            cls, torch.load(trained / "ae.pt", weights_only=True))
+        again = (
+            cls.from_pretrained(str(trained / "ae.pt"))
+            if name != "jumprelu"
+            else _jumprelu(cls, torch.load(trained / "ae.pt", weights_only=True))
+        )
         codes = again.encode(x)
         write_expected(trained, codes, again.decode(codes))
 
@@ -154,7 +186,9 @@ def gemma_scope(out: Path, x: torch.Tensor) -> None:
     folder = out / "layer_6" / "width_128" / "average_l0_20"
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "params.npz", **{k: v.numpy() for k, v in params.items()})
-    sae = SAE.from_dict({"architecture": "jumprelu", "d_in": D_IN, "d_sae": D_SAE, "apply_b_dec_to_input": False})
+    sae = SAE.from_dict(
+        {"architecture": "jumprelu", "d_in": D_IN, "d_sae": D_SAE, "apply_b_dec_to_input": False}
+    )
     sae.load_state_dict({k: torch.from_numpy(v) for k, v in np.load(folder / "params.npz").items()})
     codes = sae.encode(x)
     write_expected(folder, codes, sae.decode(codes))
@@ -179,18 +213,16 @@ def _versions() -> dict:
 
     out = {}
     for package in ("torch", "sae-lens", "eai-sparsify", "dictionary-learning", "numpy"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[package] = version(package)
-        except PackageNotFoundError:
-            pass
     return out
 
 
 def roundtrip(converted: Path, root: Path) -> None:
     """Load with SAELens the SAELens files interp wrote into each converted folder (converted/<golden path>, e.g.
     by `interp import`) and print the max abs difference of SAELens' codes from the original library's."""
-    from safetensors.torch import load_file
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
     x = load_file(str(root / "input.safetensors"))["x"]
     for expected in sorted(root.rglob("expected.safetensors")):
@@ -200,7 +232,9 @@ def roundtrip(converted: Path, root: Path) -> None:
         with torch.no_grad():
             codes = SAE.load_from_disk(folder).encode(x)
         diff = float((codes - load_file(str(expected))["codes"]).abs().max())
-        print(f"{str(expected.parent.relative_to(root)):45s} SAELens codes of interp's export: max abs diff {diff:.2e}")
+        print(
+            f"{str(expected.parent.relative_to(root)):45s} SAELens codes of interp's export: max abs diff {diff:.2e}"
+        )
 
 
 if __name__ == "__main__":

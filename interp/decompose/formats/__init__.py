@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interp.decompose.formats.imported import FormatError, Imported, replace, to_decomposer, write_imported
+
 
 @dataclass(frozen=True)
 class Format:
@@ -59,10 +61,8 @@ def detect_format(path: str | Path) -> str | None:
     return next((name for name, spec in FORMATS.items() if spec.detect(path)), None)
 
 
-def read_dictionary(path: str | Path, format: str | None = None, **flags) -> Any:
+def read_dictionary(path: str | Path, format: str | None = None, **flags) -> Imported:
     """Read the dictionary at `path` (format detected unless given) as an `Imported`."""
-    from interp.decompose.formats.imported import FormatError
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -76,3 +76,49 @@ def read_dictionary(path: str | Path, format: str | None = None, **flags) -> Any
         raise FormatError(f"no dictionary format {format!r} recognised at {path}; interp reads {known}")
     allowed = FLAGS_READ.get(format, ())
     return FORMATS[format].read(path, **{k: v for k, v in flags.items() if k in allowed and v})
+
+
+def import_dictionary(
+    source: str | Path,
+    out: str | Path,
+    format: str | None = None,
+    model_name: str = "",
+    site: str | None = None,
+    store: str | Path | None = None,
+) -> tuple[Any, Imported]:
+    """Convert the dictionary at `source` into the interp folder `out`; with `store`, check its d_in and site
+    against that store and record it (source.json) so `interp index` / `evaluate` find it. Returns (decomposer,
+    what was read)."""
+    from interp.decompose.base import write_source
+    from interp.models.sites import parse_site, site_of_hook
+    from interp.store import ActivationStore
+
+    imported = read_dictionary(source, format, model_name=model_name, site=site)
+    changes: dict[str, Any] = {"model_name": model_name} if model_name else {}
+    if site:
+        changes["site"] = parse_site(site).name
+    elif imported.site is None:
+        site_of_hook(imported.hook_name or "(none)")  # raises, naming the hook and the --site fix
+    imported = replace(imported, **changes)
+    opened = ActivationStore.open(store) if store is not None else None
+    if opened is not None:
+        if opened.manifest.d != imported.d_in:
+            raise FormatError(
+                f"the dictionary reads d_in={imported.d_in} but the store {store} holds {opened.manifest.d}-wide "
+                f"activations of {opened.site}; use a store of the dictionary's site ({imported.site})"
+            )
+        if opened.site != imported.site:
+            raise FormatError(
+                f"the dictionary was trained on {imported.site} but the store {store} is {opened.site}; "
+                "pass a store of that site, or --site if the hook name was mapped wrongly"
+            )
+    decomposer = write_imported(out, imported)
+    if opened is not None:
+        write_source(out, opened)
+    return decomposer, imported
+
+
+def load_foreign(folder: str | Path) -> Any | None:
+    """The decomposer in another library's folder at `folder` (read as `interp import` would), or None."""
+    folder = Path(folder)
+    return to_decomposer(read_dictionary(folder)) if folder.exists() and detect_format(folder) else None

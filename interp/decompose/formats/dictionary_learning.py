@@ -81,7 +81,9 @@ def is_dictionary_learning(folder: Path) -> bool:
 def read_dictionary_learning(folder: str | Path) -> Imported:
     folder = Path(folder)
     if not is_dictionary_learning(folder):
-        raise FormatError(f"no {WEIGHTS} in {folder}: dictionary_learning saves ae.pt + config.json per trainer")
+        raise FormatError(
+            f"no {WEIGHTS} in {folder}: dictionary_learning saves ae.pt + config.json per trainer"
+        )
     config = read_json(folder / CONFIG, "dictionary_learning") if (folder / CONFIG).exists() else {}
     trainer = config.get("trainer", {})
     dict_class = trainer.get("dict_class")

@@ -29,7 +29,9 @@ def read_gemma_scope(path: str | Path, model_name: str = "", site: str | None = 
         with np.load(file, allow_pickle=False) as npz:
             arrays = {k: torch.from_numpy(np.asarray(npz[k])) for k in npz.files}
     except ValueError as e:
-        raise FormatError(f"{file} cannot be read without pickle ({e}); interp reads plain arrays only") from None
+        raise FormatError(
+            f"{file} cannot be read without pickle ({e}); interp reads plain arrays only"
+        ) from None
     if "W_enc" not in arrays:
         raise FormatError(f"{file} lacks W_enc (has {', '.join(sorted(arrays))}); expected {', '.join(KEYS)}")
     d_in, d_sae = arrays["W_enc"].shape

@@ -56,7 +56,9 @@ def check_tensors(tensors: dict[str, torch.Tensor], names: tuple[str, ...], d_in
               "threshold": (d_sae,)}  # fmt: skip
     missing = [n for n in names if n not in tensors]
     if missing:
-        raise FormatError(f"{what} lacks {', '.join(missing)} (has {', '.join(sorted(tensors))}); is it complete?")
+        raise FormatError(
+            f"{what} lacks {', '.join(missing)} (has {', '.join(sorted(tensors))}); is it complete?"
+        )
     for name in names:
         if tuple(tensors[name].shape) != shapes[name]:
             raise FormatError(
@@ -106,7 +108,9 @@ def write_imported(folder: str | Path, imported: Imported) -> Any:
     """Save `imported` as an interp decomposer folder with its `imported.json` record; returns the decomposer."""
     folder = Path(folder)
     if Path(imported.source).resolve() == folder.resolve():
-        raise FormatError(f"--out {folder} is the source folder; choose another folder for the converted copy")
+        raise FormatError(
+            f"--out {folder} is the source folder; choose another folder for the converted copy"
+        )
     decomposer = to_decomposer(imported)
     decomposer.save(folder, imported.model_name, imported.hook_name)
     record = {key: getattr(imported, key) for key in ("format", "source", "original_config", "model_name",
@@ -128,40 +132,3 @@ def is_interp_folder(folder: Path) -> bool:
 
 def replace(imported: Imported, **changes) -> Imported:
     return dataclasses.replace(imported, **changes)
-
-
-def import_dictionary(
-    source: str | Path, out: str | Path, format: str | None = None, model_name: str = "", site: str | None = None,
-    store: str | Path | None = None,
-) -> tuple[Any, Imported]:
-    """Convert the dictionary at `source` into the interp folder `out`; with `store`, check its d_in and site
-    against that store and record it (source.json) so `interp index` / `evaluate` find it. Returns (decomposer,
-    what was read)."""
-    from interp.decompose.base import write_source
-    from interp.decompose.formats import read_dictionary
-    from interp.models.sites import parse_site, site_of_hook
-    from interp.store import ActivationStore
-
-    imported = read_dictionary(source, format, model_name=model_name, site=site)
-    changes: dict[str, Any] = {"model_name": model_name} if model_name else {}
-    if site:
-        changes["site"] = parse_site(site).name
-    elif imported.site is None:
-        site_of_hook(imported.hook_name or "(none)")  # raises, naming the hook and the --site fix
-    imported = replace(imported, **changes)
-    opened = ActivationStore.open(store) if store is not None else None
-    if opened is not None:
-        if opened.manifest.d != imported.d_in:
-            raise FormatError(
-                f"the dictionary reads d_in={imported.d_in} but the store {store} holds {opened.manifest.d}-wide "
-                f"activations of {opened.site}; use a store of the dictionary's site ({imported.site})"
-            )
-        if opened.site != imported.site:
-            raise FormatError(
-                f"the dictionary was trained on {imported.site} but the store {store} is {opened.site}; "
-                "pass a store of that site, or --site if the hook name was mapped wrongly"
-            )
-    decomposer = write_imported(out, imported)
-    if opened is not None:
-        write_source(out, opened)
-    return decomposer, imported

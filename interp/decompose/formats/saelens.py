@@ -154,7 +154,9 @@ def _check_saelens_config(cfg: dict, folder: Path) -> None:
             f"encode cannot hold; interp reads {', '.join(NORMALIZATIONS_READ)} (fold the scaling first)"
         )
     if cfg.get("reshape_activations", "none") != "none":
-        raise FormatError(f"reshape_activations={cfg['reshape_activations']!r} (attention heads) is not supported")
+        raise FormatError(
+            f"reshape_activations={cfg['reshape_activations']!r} (attention heads) is not supported"
+        )
 
 
 def read_saelens(folder: str | Path) -> Imported:
@@ -162,7 +164,9 @@ def read_saelens(folder: str | Path) -> Imported:
     folder = Path(folder)
     for name in (SAELENS_CONFIG, SAELENS_WEIGHTS):
         if not (folder / name).exists():
-            raise FormatError(f"no {name} in {folder}: a SAELens folder holds {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
+            raise FormatError(
+                f"no {name} in {folder}: a SAELens folder holds {SAELENS_CONFIG} and {SAELENS_WEIGHTS}"
+            )
     cfg = read_json(folder / SAELENS_CONFIG, "SAELens")
     _check_saelens_config(cfg, folder)
     names, reader = READERS[cfg.get("architecture", "standard")]

@@ -33,7 +33,9 @@ def read_sparsify(folder: str | Path) -> Imported:
         raise FormatError(f"sparsify activation {cfg['activation']!r} is not supported; interp reads topk")
     for key, what in UNSUPPORTED.items():
         if cfg.get(key):
-            raise FormatError(f"this sparsify dictionary uses {what} ({key}=true), which interp does not import yet")
+            raise FormatError(
+                f"this sparsify dictionary uses {what} ({key}=true), which interp does not import yet"
+            )
     raw = load_file(str(folder / WEIGHTS))
     if "encoder.weight" not in raw:
         raise FormatError(f"{folder / WEIGHTS} lacks encoder.weight (has {', '.join(sorted(raw))})")

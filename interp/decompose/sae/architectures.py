@@ -58,7 +58,9 @@ class Architecture:
     """AuxK: dead latents reconstruct the residual."""
     resamples_dead: bool = False
     """The trainer resamples dead latents from badly reconstructed inputs."""
-    reconstruction: Callable[[Any, torch.Tensor, Selection, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    reconstruction: (
+        Callable[[Any, torch.Tensor, Selection, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    ) = None
     """Sparse path: (module, x, selection, kept values, mse of the full reconstruction) -> the reconstruction
     term of the loss; None: that mse."""
 
