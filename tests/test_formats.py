@@ -231,3 +231,30 @@ def test_d_in_and_site_mismatches_name_the_fix(tmp_path):
         app, ["import", str(gemma), "--out", str(tmp_path / "o3"), "--site", "2.resid_post"]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_an_imported_dictionary_indexes_and_evaluates_on_a_store(tmp_path, tiny_llama):
+    """Downstream stages take the imported folder as any other: the index over a tiny-llama store (d_model 64)."""
+    from interp.capture import capture
+    from interp.corpus import Document, pack
+    from interp.evaluate.recon import evaluate
+    from interp.features import IndexConfig, build_index
+
+    docs = [
+        Document(" ".join(["the cat sat on a mat", "a dog ran far"][i % 2] for _ in range(3)))
+        for i in range(20)
+    ]
+    contexts = pack(docs, tiny_llama.tokenizer, context_len=16, n_tokens=200)
+    stores, _ = capture(tiny_llama, contexts, "1.resid_post", tmp_path / "run", batch_size=8, progress=False)
+    store = stores["1.resid_post"]
+    folder = tmp_path / "imported"
+    result = CliRunner().invoke(app, ["import", str(GOLDEN / "saelens" / "topk"), "--out", str(folder),
+                                      "--site", "1.resid_post", "--store", str(store.path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    index = build_index(folder, config=IndexConfig(top_k=3, window=2), model=tiny_llama, progress=False)
+    codes = load_decomposer(folder).encode(store.load_all())
+    best = int(codes.max(0).values.argmax())
+    assert index.n_features == 128 and index.feature(best).max == pytest.approx(
+        float(codes[:, best].max()), rel=1e-4
+    )
+    assert evaluate(load_decomposer(folder), store)["l0"] == pytest.approx(8.0)
