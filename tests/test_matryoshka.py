@@ -29,7 +29,7 @@ def hierarchy(d=32, n=8000, parents=8, children=4, seed=7):
     return x, parent_atoms, child_atoms.reshape(-1, d)
 
 
-TRAIN = {"batch_size": 256, "n_steps": 500, "lr": 3e-3, "dead_tokens": 20_000, "warmup_steps": 20}
+TRAIN = {"batch_size": 256, "n_steps": 300, "lr": 3e-3, "dead_tokens": 20_000, "warmup_steps": 20}
 
 
 def test_nested_loss_equals_the_dense_mean_over_prefixes():
