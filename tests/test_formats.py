@@ -258,3 +258,16 @@ def test_an_imported_dictionary_indexes_and_evaluates_on_a_store(tmp_path, tiny_
         float(codes[:, best].max()), rel=1e-4
     )
     assert evaluate(load_decomposer(folder), store)["l0"] == pytest.approx(8.0)
+
+
+def test_gemma_scope_site_comes_from_the_release_folders(tmp_path):
+    for release, site in (("gemma-scope-2b-pt-mlp", "3.mlp_out"), ("gemma-scope-2b-pt-res", "3.resid_post")):
+        folder = tmp_path / release / "layer_3" / "width_16k" / "average_l0_50"
+        folder.mkdir(parents=True)
+        shutil.copy(GEMMA / "params.npz", folder / "params.npz")
+        imported = read_dictionary(folder, model_name="google/gemma-2-2b")
+        assert imported.site == site and imported.model_name == "google/gemma-2-2b"
+    folder = tmp_path / "gemma-scope-2b-pt-att" / "layer_3" / "width_16k" / "average_l0_50"
+    folder.mkdir(parents=True)
+    shutil.copy(GEMMA / "params.npz", folder / "params.npz")
+    assert read_dictionary(folder).site is None  # attention outputs: no interp site, so --site is asked for

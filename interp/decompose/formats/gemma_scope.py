@@ -14,6 +14,8 @@ from interp.decompose.formats.imported import FormatError, Imported, check_tenso
 
 PARAMS = "params.npz"
 KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+# the release's kind in its repository name (gemma-scope-2b-pt-res / -mlp / -att) -> site kind; att has no site yet
+RELEASE_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": None}
 
 
 def is_gemma_scope(folder: Path) -> bool:
@@ -38,7 +40,9 @@ def read_gemma_scope(path: str | Path, model_name: str = "", site: str | None = 
     tensors = check_tensors(arrays, KEYS, d_in, d_sae, str(file))
     fold_b_dec_out_of_input(tensors)
     layer = re.search(r"layer_(\d+)", str(file.parent))
-    if site is None and layer:
-        site = f"{layer.group(1)}.resid_post"  # Gemma Scope's default (res) releases read the residual stream
+    release = re.search(r"-(res|mlp|att)\b", str(file.parent))
+    kind = RELEASE_SITES[release.group(1)] if release else "resid_post"  # a bare folder: the res releases
+    if site is None and layer and kind:
+        site = f"{layer.group(1)}.{kind}"
     return Imported("jumprelu", tensors, "gemma_scope", str(file.resolve()),
                     {"file": PARAMS, "d_in": d_in, "d_sae": d_sae}, {}, model_name, "", site)  # fmt: skip

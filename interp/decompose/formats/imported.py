@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from interp.core.io import atomic_write_json
-from interp.decompose.base import CONFIG_FILE, DecomposerError, method_class
+from interp.decompose.base import DecomposerError, method_class
 
 IMPORT_FILE = "imported.json"  # {"format", "source", "original_config", "model", "hook_name", "site"}
 
@@ -124,10 +124,6 @@ def read_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise FormatError(f"{path} is not valid JSON ({e}); is the {what} download complete?") from None
-
-
-def is_interp_folder(folder: Path) -> bool:
-    return (folder / CONFIG_FILE).exists()
 
 
 def replace(imported: Imported, **changes) -> Imported:
