@@ -34,6 +34,12 @@ from pathlib import Path
 import torch
 
 D_SAE, K, BATCH = 4096, 32, 4096
+WIDTHS = (
+    256,
+    1024,
+    2048,
+    4096,
+)  # Matryoshka prefixes (dictionary_learning: group sizes 256, 768, 1024, 2048)
 
 
 def _timed_steps(step, n_steps: int) -> float:
@@ -72,7 +78,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
     torch.manual_seed(0)
     batches = [train[(i * BATCH) % (train.shape[0] - BATCH) :][:BATCH] for i in range(n_steps)]
 
-    if name in ("interp_topk", "interp_mpsae"):
+    if name in ("interp_topk", "interp_mpsae", "interp_matryoshka"):
         import interp.decompose.train as trainer
         from interp.decompose.mp_sae import MPSAE, MPSAEConfig
         from interp.decompose.sae import SAE, SAEConfig
@@ -80,16 +86,16 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
         # constant learning rate (warmup 1 step, no decay), as the peers' plain Adam loops
         common = {"n_features": D_SAE, "k": K, "batch_size": BATCH, "n_steps": n_steps, "lr": lr, "normalize": False,
                   "warmup_steps": 1, "decay_start": 1.0, "device": "cpu"}  # fmt: skip
-        model = (
-            SAE(SAEConfig(architecture="topk", **common))
-            if name == "interp_topk"
-            else MPSAE(MPSAEConfig(**common))
-        )
+        model = {
+            "interp_topk": lambda: SAE(SAEConfig(architecture="topk", **common)),
+            "interp_matryoshka": lambda: SAE(
+                SAEConfig(architecture="matryoshka", matryoshka_widths=WIDTHS, **common)
+            ),
+            "interp_mpsae": lambda: MPSAE(MPSAEConfig(**common)),
+        }[name]()
         module = model.build(train.shape[1])
-        tied = {"W_dec": module.W_dec, "b_dec": module.b_dec}
-        _start_from(
-            init, **tied, **({"W_enc": module.W_enc, "b_enc": module.b_enc} if name == "interp_topk" else {})
-        )
+        untied = {"W_enc": module.W_enc, "b_enc": module.b_enc} if name != "interp_mpsae" else {}
+        _start_from(init, W_dec=module.W_dec, b_dec=module.b_dec, **untied)
         trainer._init_from_data = lambda *args: (
             None
         )  # keep the shared init (normalize=False: no scale to set)
@@ -146,6 +152,39 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
         seconds = _timed_steps(step, n_steps)
         with torch.no_grad():
             recon = sae.decode(sae.encode(held))
+    elif name == "saelens_matryoshka":
+        from sae_lens.saes import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
+        from sae_lens.saes.sae import TrainStepInput
+
+        sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=train.shape[1], d_sae=D_SAE, k=K, matryoshka_widths=list(WIDTHS)))  # fmt: skip
+        _start_from(init, **{key: getattr(sae, key) for key in ("W_enc", "b_enc", "W_dec", "b_dec")})
+        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+
+        def step(i):
+            out = sae.training_forward_pass(TrainStepInput(sae_in=batches[i], coefficients={}, dead_neuron_mask=None,
+                                                           n_training_steps=i, is_logging_step=False))  # fmt: skip
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+        seconds = _timed_steps(step, n_steps)
+        with (
+            torch.no_grad()
+        ):  # the training SAE's BatchTopK codes (its threshold needs more steps than these)
+            recon = sae.decode(sae.encode(held))
+    elif name == "dictlearn_matryoshka":
+        from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
+
+        sizes = [b - a for a, b in zip((0, *WIDTHS), WIDTHS, strict=False)]
+        trainer = MatryoshkaBatchTopKTrainer(steps=n_steps, activation_dim=train.shape[1], dict_size=D_SAE, k=K,
+                                             layer=0, lm_name="benchmark", group_fractions=[s / D_SAE for s in sizes],
+                                             lr=lr, warmup_steps=1, seed=0, device="cpu")  # fmt: skip
+        _start_from(init, **{key: getattr(trainer.ae, key) for key in ("W_enc", "b_enc", "W_dec", "b_dec")})
+
+        seconds = _timed_steps(lambda i: trainer.update(i, batches[i]), n_steps)
+        with torch.no_grad():
+            recon = trainer.ae.decode(trainer.ae.encode(held, use_threshold=False))
     elif name == "overcomplete_mpsae":
         import types
 
@@ -233,7 +272,9 @@ def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps
         plan = [("sparsify_topk", pythons["sparsify"]), ("interp_topk", sys.executable),
                 ("saelens_topk", pythons["saelens"]), ("dictlearn_topk", pythons["dictionary_learning"]),
                 ("dense_topk", sys.executable), ("saelens_mpsae", pythons["saelens"]),
-                ("interp_mpsae", sys.executable), ("overcomplete_mpsae", pythons["overcomplete"])]  # fmt: skip
+                ("interp_mpsae", sys.executable), ("overcomplete_mpsae", pythons["overcomplete"]),
+                ("saelens_matryoshka", pythons["saelens"]), ("interp_matryoshka", sys.executable),
+                ("dictlearn_matryoshka", pythons["dictionary_learning"])]  # fmt: skip
         plan = [(name, python) for name, python in plan if python is not None and name.endswith(families)]
         for round_ in range(rounds):
             for name, python in plan if round_ % 2 == 0 else plan[::-1]:
@@ -293,7 +334,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--skip-planted", action="store_true", help="only the --store run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every run (alternating order); medians")
-    parser.add_argument("--families", default="topk,mpsae", help="topk, mpsae or both")
+    parser.add_argument("--families", default="topk,mpsae", help="comma-separated: topk, mpsae, matryoshka")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)

@@ -35,7 +35,9 @@ def run_fit(
 
 
 def fit_cmd(
-    method: Annotated[str, typer.Option(help="snmf | relu | topk | batchtopk | jumprelu | mpsae")],
+    method: Annotated[
+        str, typer.Option(help="snmf | relu | topk | batchtopk | jumprelu | matryoshka | mpsae")
+    ],
     store: Annotated[
         Path, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")
     ],

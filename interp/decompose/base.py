@@ -36,8 +36,12 @@ METHODS: dict[str, str] = {
     "topk": "interp.decompose.sae.model:SAE",
     "batchtopk": "interp.decompose.sae.model:SAE",
     "jumprelu": "interp.decompose.sae.model:SAE",
+    "matryoshka": "interp.decompose.sae.model:SAE",
     "mpsae": "interp.decompose.mp_sae:MPSAE",
 }
+
+# folder -> decomposer | None for other libraries' folders (SAELens, sparsify, ...); imported lazily, as METHODS.
+FOREIGN_READER = "interp.decompose.formats:load_foreign"
 
 
 class DecomposerError(ValueError):
@@ -70,12 +74,20 @@ def method_class(method: str) -> type:
 
 
 def load_decomposer(folder: str | Path) -> Decomposer:
-    """Load any saved decomposer; its config.json says which method it is."""
+    """Load any saved decomposer; its config.json says which method it is. A folder of another library (SAELens,
+    sparsify, dictionary_learning, Gemma Scope's params.npz) is read directly, as `interp import` would convert it."""
     folder = Path(folder)
-    if not (folder / CONFIG_FILE).exists():
-        raise DecomposerError(f"no decomposer at {folder} (no {CONFIG_FILE}); fit one with `interp fit`")
-    method = json.loads((folder / CONFIG_FILE).read_text()).get("method")
-    return method_class(method).load(folder)
+    meta = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
+    if "method" in meta:
+        return method_class(meta["method"]).load(folder)
+    module, name = FOREIGN_READER.split(":")
+    foreign = getattr(importlib.import_module(module), name)(folder)
+    if foreign is not None:
+        return foreign
+    raise DecomposerError(
+        f"no decomposer at {folder} (no interp {CONFIG_FILE}, nor a SAELens, sparsify, dictionary_learning or "
+        "Gemma Scope dictionary); fit one with `interp fit` or convert one with `interp import`"
+    )
 
 
 def save_decomposer(

@@ -13,6 +13,7 @@ TransformerLens hook names, which are the same for every family.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,31 @@ TL_HOOKS = {
 
 class SiteError(ValueError):
     """An unknown or out-of-range site."""
+
+
+# hook names other libraries save with a dictionary (TransformerLens; Hugging Face module paths, as sparsify's
+# hookpoints) -> site kind; group 1 is the layer.
+HOOK_NAMES: dict[str, str] = {
+    r"blocks\.(\d+)\.hook_resid_pre": "resid_pre",
+    r"blocks\.(\d+)\.hook_resid_post": "resid_post",
+    r"blocks\.(\d+)\.hook_mlp_out": "mlp_out",
+    r"blocks\.(\d+)\.mlp\.hook_post": "mlp_hidden",
+    r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)": "resid_post",
+    r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)\.mlp": "mlp_out",
+}
+
+
+def site_of_hook(hook_name: str, n_layers: int | None = None) -> Site:
+    """The site a TransformerLens hook name (`blocks.6.hook_resid_post`) or a Hugging Face module path
+    (`model.layers.6`, `layers.6.mlp`) reads."""
+    for pattern, kind in HOOK_NAMES.items():
+        match = re.fullmatch(pattern, hook_name.strip())
+        if match:
+            return parse_site(f"{match.group(1)}.{kind}", n_layers)
+    raise SiteError(
+        f"hook {hook_name!r} maps to no interp site; understood: blocks.L.hook_resid_pre / hook_resid_post / "
+        "hook_mlp_out, blocks.L.mlp.hook_post, layers.L, layers.L.mlp; pass the site yourself (--site 6.resid_post)"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Files a SAELens user can open: `cfg.json` + `sae_weights.safetensors` beside interp's own files.
+"""SAELens' files: written beside interp's own (`cfg.json` + `sae_weights.safetensors`), and read back
+(`read_saelens`: standard, topk, jumprelu, matching_pursuit; BatchTopK and Matryoshka as SAELens saves them).
 
 SAELens' architecture names: ReLU -> "standard", TopK -> "topk", JumpReLU -> "jumprelu"; a BatchTopK SAE is saved
 as "jumprelu" with its single inference threshold repeated per latent (how SAELens itself exports BatchTopK SAEs
@@ -7,18 +8,30 @@ for inference); an MP-SAE as "matching_pursuit" (tied: W_dec and b_dec only). We
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from interp.core.io import atomic_save_safetensors, atomic_write_json
+from interp.decompose.formats.imported import (
+    FormatError,
+    Imported,
+    check_tensors,
+    fold_b_dec_out_of_input,
+    fold_decoder_norm,
+    read_json,
+)
+from interp.models.sites import SiteError, site_of_hook
 
 SAELENS_ARCHITECTURE = {
     "relu": "standard",
     "topk": "topk",
     "jumprelu": "jumprelu",
     "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
     "mpsae": "matching_pursuit",
 }
 
@@ -68,3 +81,116 @@ def write_saelens_files(
     atomic_write_json(
         folder / SAELENS_CONFIG, saelens_config(architecture, d_in, config, model_name, hook_name)
     )
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+SAELENS_MAJOR_VERSIONS = range(1, 7)  # cfg.json layouts understood: SAELens 1.x-6.x
+
+
+def _standard(cfg: dict, t: dict) -> tuple[str, dict]:
+    return "relu", {}
+
+
+def _topk(cfg: dict, t: dict) -> tuple[str, dict]:
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        fold_decoder_norm(t)
+    return "topk", {"k": int(cfg["k"])}
+
+
+def _jumprelu(cfg: dict, t: dict) -> tuple[str, dict]:
+    """JumpReLU; a BatchTopK or Matryoshka SAE saved as JumpReLU (one threshold for all latents) comes back as
+    what it was trained as, so its inference (one batch threshold) and Matryoshka widths are kept."""
+    meta = cfg.get("metadata") or {}
+    trained_as = meta.get("training_architecture")
+    details = meta.get("training_architecture_details") or {}
+    one_threshold = bool((t["threshold"] == t["threshold"][0]).all())
+    if one_threshold and trained_as == "matryoshka_batchtopk" and details.get("matryoshka_widths"):
+        return "matryoshka", {"k": max(1, round(details.get("k", 1))),
+                              "matryoshka_widths": tuple(details["matryoshka_widths"])}  # fmt: skip
+    if one_threshold and trained_as == "batchtopk":
+        return "batchtopk", {"k": max(1, round(details.get("k", 1)))}
+    return "jumprelu", {}
+
+
+def _matching_pursuit(cfg: dict, t: dict) -> tuple[str, dict]:
+    if cfg.get("stop_on_duplicate_support", True):
+        raise FormatError(
+            "this SAELens matching-pursuit SAE stops on a repeated support (stop_on_duplicate_support=true), "
+            "which interp's pursuit does not do; set it to false in cfg.json to import it with a fixed step count"
+        )
+    steps = int(cfg.get("max_iterations") or cfg["d_in"])
+    return "mpsae", {"k": steps, "inference_steps": steps,
+                     "residual_threshold": float(cfg.get("residual_threshold", 0.0))}  # fmt: skip
+
+
+# SAELens architecture -> (tensors it saves, reader: (cfg, float32 tensors) -> (interp method, config options))
+READERS: dict[str, tuple[tuple[str, ...], Callable[[dict, dict], tuple[str, dict]]]] = {
+    "standard": (("W_enc", "b_enc", "W_dec", "b_dec"), _standard),
+    "topk": (("W_enc", "b_enc", "W_dec", "b_dec"), _topk),
+    "jumprelu": (("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), _jumprelu),
+    "matching_pursuit": (("W_dec", "b_dec"), _matching_pursuit),
+}
+NORMALIZATIONS_READ = ("none", "expected_average_only_in")  # the latter is the identity at SAELens' inference
+
+
+def _check_saelens_config(cfg: dict, folder: Path) -> None:
+    version = str((cfg.get("metadata") or {}).get("sae_lens_version") or cfg.get("sae_lens_version") or "")
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) not in SAELENS_MAJOR_VERSIONS:
+        raise FormatError(
+            f"{folder} was written by sae-lens {version}; interp reads the cfg.json of sae-lens "
+            f"{SAELENS_MAJOR_VERSIONS[0]}.x-{SAELENS_MAJOR_VERSIONS[-1]}.x: save it with one of those"
+        )
+    architecture = cfg.get("architecture", "standard")
+    if architecture not in READERS:
+        raise FormatError(
+            f"SAELens architecture {architecture!r} is not supported; interp reads {', '.join(READERS)} "
+            "(SAELens saves batchtopk and matryoshka_batchtopk SAEs as jumprelu)"
+        )
+    norm = cfg.get("normalize_activations") or "none"
+    if norm not in NORMALIZATIONS_READ:
+        raise FormatError(
+            f"normalize_activations={norm!r} rescales each token before encoding, which interp's linear "
+            f"encode cannot hold; interp reads {', '.join(NORMALIZATIONS_READ)} (fold the scaling first)"
+        )
+    if cfg.get("reshape_activations", "none") != "none":
+        raise FormatError(
+            f"reshape_activations={cfg['reshape_activations']!r} (attention heads) is not supported"
+        )
+
+
+def read_saelens(folder: str | Path) -> Imported:
+    """A folder written by SAELens' `save_model` / `save_inference_model` (cfg.json + sae_weights.safetensors)."""
+    folder = Path(folder)
+    for name in (SAELENS_CONFIG, SAELENS_WEIGHTS):
+        if not (folder / name).exists():
+            raise FormatError(
+                f"no {name} in {folder}: a SAELens folder holds {SAELENS_CONFIG} and {SAELENS_WEIGHTS}"
+            )
+    cfg = read_json(folder / SAELENS_CONFIG, "SAELens")
+    _check_saelens_config(cfg, folder)
+    names, reader = READERS[cfg.get("architecture", "standard")]
+    raw = load_file(str(folder / SAELENS_WEIGHTS))
+    try:
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    except KeyError as e:
+        raise FormatError(f"{folder / SAELENS_CONFIG} lacks {e}; is it a SAELens cfg.json?") from None
+    tensors = check_tensors(raw, names, d_in, d_sae, f"{folder / SAELENS_WEIGHTS}")
+    if not cfg.get("apply_b_dec_to_input", True):
+        if "W_enc" in tensors:
+            fold_b_dec_out_of_input(tensors)
+        else:  # tied (matching pursuit): b_dec neither subtracted nor added back
+            tensors["b_dec"] = torch.zeros_like(tensors["b_dec"])
+    architecture, options = reader(cfg, tensors)
+    meta = cfg.get("metadata") or cfg
+    hook = meta.get("hook_name") or ""
+    return Imported(architecture, tensors, "saelens", str(folder.resolve()), cfg, options,
+                    meta.get("model_name") or "", hook, site_name(hook))  # fmt: skip
+
+
+def site_name(hook: str) -> str | None:
+    """The interp site of a hook name, or None when it maps to none."""
+    try:
+        return site_of_hook(hook).name if hook else None
+    except SiteError:
+        return None

@@ -6,6 +6,13 @@
 | topk | k largest of ReLU(pre) | same | none (k sets L0); AuxK on dead latents |
 | batchtopk | k * batch largest of ReLU(pre) over the batch | pre > threshold (running estimate) | AuxK |
 | jumprelu | pre * H(pre - theta), straight-through in theta | same | l0_coeff * L0 (straight-through) |
+| matryoshka | as batchtopk | as batchtopk | AuxK; the MSE is the mean over nested prefixes (below) |
+
+Matryoshka BatchTopK (Bussmann et al. 2025; Nabeshima 2024): one BatchTopK selection over the whole dictionary;
+each prefix `[:w]` of the latents, for w in `matryoshka_widths` (cumulative, as SAELens' `matryoshka_widths`;
+dictionary_learning's `group_sizes` are their differences), reconstructs x on its own, and the reconstruction
+term is the mean of the prefixes' MSEs (dictionary_learning's equal group weights). Early latents must explain x
+without the later ones, so general (parent) features settle there instead of being absorbed into specific ones.
 
 `module` below is an `SAEModule`; `pre` its pre-activations `[B, d_sae]` (on scaled activations while training).
 """
@@ -20,7 +27,14 @@ from typing import Any
 import torch
 
 from interp.core import distributed
-from interp.decompose.sae.sparse import JumpReLU, Selection, Step, mask_selection, topk_selection
+from interp.decompose.sae.sparse import (
+    JumpReLU,
+    Selection,
+    Step,
+    mask_selection,
+    sparse_decode,
+    topk_selection,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,11 @@ class Architecture:
     """AuxK: dead latents reconstruct the residual."""
     resamples_dead: bool = False
     """The trainer resamples dead latents from badly reconstructed inputs."""
+    reconstruction: (
+        Callable[[Any, torch.Tensor, Selection, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    ) = None
+    """Sparse path: (module, x, selection, kept values, mse of the full reconstruction) -> the reconstruction
+    term of the loss; None: that mse."""
 
 
 def _relu(module, pre: torch.Tensor) -> torch.Tensor:
@@ -117,6 +136,19 @@ def _l0_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float)
     return cfg.l0_coeff * l0
 
 
+def _nested_mse(
+    module, x: torch.Tensor, sel: Selection, vals: torch.Tensor, full_mse: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the prefixes `[:w]` (w in the module's widths) of the MSE of x reconstructed from that prefix's
+    kept latents alone; the last prefix is the whole dictionary, whose MSE is `full_mse`."""
+    widths = module.config.widths
+    total = full_mse
+    for width in widths[:-1]:
+        x_hat = sparse_decode(sel, vals * (sel.cols < width), module.W_dec) + module.b_dec
+        total = total + (x - x_hat).square().sum(-1).mean()
+    return total / len(widths)
+
+
 def _theta(module) -> torch.Tensor:
     return module.log_threshold.exp()
 
@@ -134,4 +166,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "jumprelu": Architecture(
         encode=_thresholded, train_codes=_jumprelu_codes, penalty=_l0_penalty, threshold=_theta
     ),
-}
+    "matryoshka": Architecture(
+        encode=_thresholded, select=_batch_topk_select, threshold=_batch_threshold, uses_k=True, aux_loss=True,
+        reconstruction=_nested_mse,
+    ),
+}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Sparse autoencoders: ReLU + L1, TopK, BatchTopK and JumpReLU, with SAELens' parameter names and shapes.
+"""Sparse autoencoders: ReLU + L1, TopK, BatchTopK, JumpReLU and Matryoshka BatchTopK, with SAELens' parameter names and shapes.
 
     pre = (x - b_dec) W_enc + b_enc         W_enc [d_in, d_sae], b_enc [d_sae]
     f   = sparsify(pre) >= 0                 codes [n, d_sae]
@@ -35,7 +35,7 @@ from interp.store import ActivationStore
 @dataclass(frozen=True)
 class SAEConfig:
     architecture: str = "topk"
-    """relu | topk | batchtopk | jumprelu."""
+    """relu | topk | batchtopk | jumprelu | matryoshka."""
     n_features: int = 4096
     """d_sae, the number of latents."""
     k: int = 32
@@ -70,6 +70,9 @@ class SAEConfig:
     """A latent that has not fired for this many training tokens counts as dead."""
     resample_every: int = 0
     """ReLU: resample dead latents every this many steps (0 = n_steps // 4; negative = never)."""
+    matryoshka_widths: tuple[int, ...] = ()
+    """Matryoshka: cumulative prefix widths, strictly increasing (n_features is added as the last when missing);
+    () = n/16, n/8, n/4, n/2, n."""
     threshold_momentum: float = 0.99
     """BatchTopK: running average of the smallest kept activation, the inference threshold."""
     normalize: bool = True
@@ -91,6 +94,20 @@ class SAEConfig:
             raise DecomposerError(
                 f"target_l0={self.target_l0} must be between 0 (off) and n_features={self.n_features}"
             )
+        widths = self.widths
+        if any(b <= a for a, b in zip(widths, widths[1:], strict=False)) or widths[-1] != self.n_features:
+            raise DecomposerError(
+                f"matryoshka_widths={list(self.matryoshka_widths)} must increase strictly up to at most "
+                f"n_features={self.n_features}, e.g. {self.n_features // 4},{self.n_features // 2}"
+            )
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Matryoshka prefix widths, the last being n_features."""
+        if not self.matryoshka_widths:
+            return tuple(w for w in (self.n_features >> s for s in (4, 3, 2, 1, 0)) if w > 0)
+        widths = tuple(int(w) for w in self.matryoshka_widths)
+        return widths if widths[-1] == self.n_features else (*widths, self.n_features)
 
     @property
     def learning_rate(self) -> float:
@@ -156,12 +173,12 @@ class SAEModule(nn.Module):
         """
         arch = self.architecture
         if arch.select is not None:
-            x_hat, codes, pre, fired, l0 = self._sparse_forward(x)
+            x_hat, codes, pre, fired, l0, sel = self._sparse_forward(x)
         else:
-            x_hat, codes, pre, fired, l0 = self._dense_forward(x)
+            (x_hat, codes, pre, fired, l0), sel = self._dense_forward(x), None
         error = x - x_hat
         mse = error.square().sum(-1).mean()
-        loss = mse
+        loss = mse if arch.reconstruction is None else arch.reconstruction(self, x, sel, codes, mse)
         if arch.penalty is not None:
             loss = loss + arch.penalty(self, pre, codes, l1_coeff)
         if arch.aux_loss and dead.any():
@@ -174,7 +191,7 @@ class SAEModule(nn.Module):
 
     def _sparse_forward(self, x: torch.Tensor):
         """TopK-style: the only dense product is the encoder's forward; the rest touches the kept pairs only.
-        Returns (x_hat [B, d_in], kept values [nnz], pre [B, d_sae], fired [d_sae], mean L0)."""
+        Returns (x_hat [B, d_in], kept values [nnz], pre [B, d_sae], fired [d_sae], mean L0, the selection)."""
         with torch.no_grad():
             data = x - self.b_dec
             pre = self._encoder_pre(data)
@@ -184,7 +201,7 @@ class SAEModule(nn.Module):
         fired = torch.zeros(self.config.n_features, device=x.device).index_add_(
             0, sel.cols, (vals > 0).float()
         )
-        return x_hat, vals, pre, fired, float((vals > 0).sum()) / x.shape[0]
+        return x_hat, vals, pre, fired, float((vals > 0).sum()) / x.shape[0], sel
 
     def _dense_forward(self, x: torch.Tensor):
         """Dense codes under autograd. Returns (x_hat, codes [B, d_sae], pre, fired [d_sae], mean L0)."""
