@@ -23,15 +23,14 @@ def method_config(method: str, options: dict[str, Any]) -> Any:
     return config_from_options(config_class, options, FLAGS, what=f"method {method!r}")
 
 
-def run_fit(
-    store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True
-) -> Any:
+def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True,
+            overwrite: bool = False) -> Any:  # fmt: skip
     """Fit `method` with CLI `options` on a store into `out` (default under cache/decomposers); returns it."""
     from interp.decompose.fitting import default_fit_dir, fit_store
 
     config = method_config(method, options)
     out = out or default_fit_dir(store_path, method, options.get("n_features"))
-    return fit_store(store_path, method, config, out, progress, log=echo0)
+    return fit_store(store_path, method, config, out, progress, log=echo0, overwrite=overwrite)
 
 
 def fit_cmd(
@@ -59,6 +58,9 @@ def fit_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any other config field: name=value")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace a fit (or a checkpoint) of other settings in the output folder")
+    ] = False,
     distributed: Annotated[
         bool,
         typer.Option(
@@ -78,7 +80,7 @@ def fit_cmd(
     try:
         options["device"] = dist.start(distributed, device)
         options.update(parse_overrides(set_ or []))
-        run_fit(store, method, out, options)
+        run_fit(store, method, out, options, overwrite=overwrite)
     except USER_ERRORS as e:
         fail(e)
     finally:

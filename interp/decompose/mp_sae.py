@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -52,6 +53,9 @@ class MPSAEConfig:
     autocast: bool = False
     """Pursuit accumulates many small updates: float32 by default."""
     checkpoint_every: int = 200
+
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("inference_steps", "residual_threshold")
+    """Used by `encode` only: a checkpointed training resumes whatever they are."""
 
     def __post_init__(self) -> None:
         if not 0 < self.k <= self.n_features:

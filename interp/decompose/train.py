@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 from interp.core import distributed
 from interp.core.checks import check_activations
 from interp.core.device import resolve_device
+from interp.core.fingerprint import check_same, make_fingerprint, settings_of
 from interp.core.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from interp.decompose.base import DecomposerError
 from interp.decompose.batches import GlobalBatches
-from interp.store import ActivationStore
+from interp.store import ActivationStore, data_fingerprint
 
 
 def learning_rate_factor(step: int, n_steps: int, warmup: int, decay_start: float) -> float:
@@ -177,7 +178,8 @@ def train(
     optimizer = torch.optim.AdamW(module.parameters(), lr=decomposer.config.learning_rate, betas=(0.9, 0.999),
                                   weight_decay=0.0, fused=device.type in ("cpu", "cuda"))  # fmt: skip
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    resumed = _load_checkpoint(ckpt, cfg.batch_size, module, optimizer, device)
+    fingerprint = training_fingerprint(decomposer, data) if ckpt is not None else {}
+    resumed = _load_checkpoint(ckpt, fingerprint, module, optimizer, device)
     if resumed is None:
         _init_from_data(module, batches, d_in, cfg.normalize, device)
         step, history, since_fired = 0, [], torch.zeros(cfg.n_features, device=device)
@@ -211,24 +213,29 @@ def train(
         bar.set_postfix(loss=f"{record['loss']:.3g}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
                         dead=f"{record['dead']:.2f}")  # fmt: skip
         if ckpt is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.n_steps):
-            _checkpoint(ckpt, module, optimizer, since_fired, step, history, cfg.batch_size)
+            _checkpoint(ckpt, module, optimizer, since_fired, step, history, cfg.batch_size, fingerprint)
     bar.close()
     distributed.barrier()  # the last checkpoint is on disk before any rank returns
     module.fold_scale()
     decomposer.history = history
 
 
-def _load_checkpoint(ckpt: Path | None, batch_size: int, module, optimizer, device: torch.device):
+def training_fingerprint(decomposer, data: ActivationStore | torch.Tensor) -> dict:
+    """What a checkpoint of this training must match to be resumed: the method, the settings that change the
+    result (not the device, the checkpoint interval, nor the number of processes) and the data."""
+    settings = {"method": decomposer.method, **settings_of(decomposer.config, resume=True)}
+    return make_fingerprint(settings, data_fingerprint(data))
+
+
+def _load_checkpoint(ckpt: Path | None, fingerprint: dict, module, optimizer, device: torch.device):
     """Restore module and optimizer from `ckpt`; returns (step, history, since_fired [n_features]) or None when
-    there is nothing to resume."""
+    there is nothing to resume. A checkpoint of other settings or data is refused, naming what differs."""
     if ckpt is None or not (ckpt / "trainer.json").exists():
         return None
     saved = json.loads((ckpt / "trainer.json").read_text())
-    if saved.get("batch_size", batch_size) != batch_size:
-        raise DecomposerError(
-            f"the checkpoint in {ckpt} was trained with batch_size={saved['batch_size']} (global); resume with "
-            "the same --batch-size (the number of processes may change), or start in a new folder"
-        )
+    check_same(saved.get("fingerprint"), fingerprint, f"the checkpoint in {ckpt}",
+               "rerun with the same settings (the number of processes may change), pass --overwrite to start "
+               "afresh, or fit into another --out folder", DecomposerError)  # fmt: skip
     weights = load_file(str(_checkpoint_file(ckpt, saved, "module.safetensors")))
     module.load_state_dict({k: v.to(device) for k, v in weights.items()})
     optimizer.load_state_dict(
@@ -266,7 +273,7 @@ CHECKPOINT_FILES = ("module.safetensors", "optimizer.pt", "since_fired.safetenso
 
 
 def _checkpoint(ckpt: Path, module, optimizer, since_fired: torch.Tensor, step: int, history: list,
-                batch_size: int) -> None:  # fmt: skip
+                batch_size: int, fingerprint: dict) -> None:  # fmt: skip
     """Module, optimizer, dead-latent counters and the global position (step in global batches, rows consumed).
 
     The files of a step get the step in their names and `trainer.json`, replaced last, names them: a run killed
@@ -279,7 +286,8 @@ def _checkpoint(ckpt: Path, module, optimizer, since_fired: torch.Tensor, step: 
     atomic_save_safetensors({"since_fired": since_fired.cpu()}, ckpt / files["since_fired.safetensors"])
     atomic_torch_save(optimizer.state_dict(), ckpt / files["optimizer.pt"])
     atomic_write_json(ckpt / "trainer.json", {"step": step, "rows_consumed": step * batch_size,
-                                              "batch_size": batch_size, "files": files, "history": history})  # fmt: skip
+                                              "batch_size": batch_size, "files": files, "history": history,
+                                              "fingerprint": fingerprint})  # fmt: skip
     for old in ckpt.iterdir():
         if old.name not in files.values() and old.name.split("-")[0] in (
             "module",

@@ -1,6 +1,6 @@
 """The feature index: what the browser shows about every feature of a decomposer, computed once, read from disk.
 
-    index = build_index("cache/decomposers/bbc/9.mlp_hidden/topk-k4096")   # -> that folder's index/
+    index = build_index("cache/decomposers/gemma-3-270m/bbc/9.mlp_hidden/topk-k4096")   # -> that folder's index/
     feature = FeatureIndex.open(index_dir).feature(17)
 
 Two streaming passes over the store the decomposer was fitted on (`interp.features_stream`) give, per feature:
@@ -161,8 +161,7 @@ def build_index(
     checkpoint = None  # single process only: a distributed build's passes end in collectives
     if config.checkpoint_every > 0 and distributed.world_size() == 1:
         settings = dataclasses.asdict(config)
-        checkpoint = IndexCheckpoint(out, fingerprint(directions, store.path, store.n_tokens, settings),
-                                     config.checkpoint_every)  # fmt: skip
+        checkpoint = IndexCheckpoint(out, fingerprint(directions, store, settings), config.checkpoint_every)
     first, second, threshold, max_value, edges = _run_passes(decomposer, store, checkpoint, config, directions,
                                                              rel, progress)  # fmt: skip
     if rank != 0:  # rank 0 writes the index; the others open it once it is there

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 INITS = ("random", "svd", "kmeans")
 
@@ -54,6 +55,11 @@ class SNMFConfig:
     for these shapes; on AVX512-BF16 CPUs at float32 accuracy, 9e-8 relative to float64 against MKL's 2e-7; AMX
     CPUs may round the inputs to bf16) and TF32 on GPUs. P = A^T F and G^T G, from which the loss is computed,
     always run in strict float32, so the reported error is exact either way. False: strict float32 everywhere."""
+
+    RESULT_FREE: ClassVar[tuple[str, ...]] = ("stream", "memory_limit_gb", "g_on_disk", "chunk_tokens")
+    """How the data is held and streamed: the same factorization either way."""
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("max_iter", "encode_iters")
+    """A checkpointed fit goes on with a higher max_iter; encode_iters is used after the fit only."""
 
     def __post_init__(self) -> None:
         if self.hierarchy:
