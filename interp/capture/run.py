@@ -5,7 +5,8 @@
 Output folder: `contexts.safetensors` (the packed token contexts) and one store folder per site. Batches run on the
 model's device; the forward pass stops after the deepest requested block; padding and (by default) the BOS position
 are dropped. Shards are committed atomically; running the same capture again resumes after the last shard that every
-site has committed.
+site has committed. A run folder is bound to one packing (corpus, tokenizer, context length, BOS): a capture
+packed otherwise is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from interp.core import distributed
 from interp.core.checks import all_finite
+from interp.core.fingerprint import check_same, make_fingerprint
 from interp.core.paths import cache_dir
 from interp.corpus import Contexts, load_contexts
 from interp.models import LoadedModel, load_model
@@ -85,6 +87,8 @@ def capture(
     info = model.info
     site_list = parse_sites(sites, info.n_layers)
     out = Path(out)
+    old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
+    check_packing(old, contexts, out)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     rank, world = distributed.rank(), distributed.world_size()
     begin, stop = distributed.rank_range(
@@ -93,7 +97,6 @@ def capture(
     stores = _open_stores(model, contexts, site_list, out, dtype, drop_bos)
     # Resume: every site restarts after the last context that all of them committed.
     done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
-    old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
     distributed.barrier()  # every rank has read the old contexts before rank 0 replaces them
     if done > stop:  # the stores already hold more than this call asks for
         return _finish(stores, site_list, out, world), CaptureStats(0, 0.0)
@@ -102,8 +105,10 @@ def capture(
     for store in stores.values():
         store.truncate(done)  # drops whole shards, so the stores may now end before `done`
     done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
-    if rank == 0:
-        contexts.save(out / CONTEXTS_FILE)
+    if rank == 0 and (old is None or contexts.n_contexts >= old.n_contexts):
+        contexts.save(
+            out / CONTEXTS_FILE
+        )  # a shorter capture keeps the longer packing (its prefix is the same)
     if shard_tokens is None:
         widest = max(site.width(info) for site in site_list)
         shard_tokens = max(1024, (64 << 20) // (widest * DTYPES[dtype].itemsize))
@@ -113,6 +118,16 @@ def capture(
     written = _write_shards(model, run, contexts, site_list, stores, batches, stop, drop_bos, dtype,
                             shard_tokens, progress)  # fmt: skip
     return _finish(stores, site_list, out, world), CaptureStats(written, time.perf_counter() - start_time)
+
+
+def check_packing(old: Contexts | None, contexts: Contexts, out: Path) -> None:
+    """A run folder is bound to one packing of one corpus (every site's rows point into its contexts file):
+    refuse contexts packed otherwise, naming what differs."""
+    if old is None:
+        return
+    check_same(make_fingerprint(old.description, {}), make_fingerprint(contexts.description, {}),
+               f"the run folder {out} (its {CONTEXTS_FILE})",
+               "a run folder holds one packing of one corpus: capture into another --out folder", CaptureError)  # fmt: skip
 
 
 def _check_settings(
