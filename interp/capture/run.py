@@ -27,7 +27,7 @@ from interp.corpus import Contexts, load_contexts
 from interp.models import LoadedModel, load_model
 from interp.models.hooks import BACKENDS, backend_runner
 from interp.models.sites import Site, parse_sites
-from interp.store import CONTEXTS_FILE, DTYPES, ActivationStore, StoreManifest, merge_rank_stores
+from interp.store import CONTEXTS_FILE, DTYPES, MANIFEST, ActivationStore, StoreManifest, merge_rank_stores
 
 
 class CaptureError(ValueError):
@@ -89,8 +89,11 @@ def capture(
     out = Path(out)
     old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
     check_packing(old, contexts, out)  # before anything is written
-    out.mkdir(parents=True, exist_ok=True)
     rank, world = distributed.rank(), distributed.world_size()
+    for site in site_list:
+        check_split(out / site.name, world)
+    distributed.barrier()  # every rank has checked before any rank creates its folders
+    out.mkdir(parents=True, exist_ok=True)
     begin, stop = distributed.rank_range(
         contexts.n_contexts
     )  # this rank's contexts (all of them in one process)
@@ -128,6 +131,27 @@ def check_packing(old: Contexts | None, contexts: Contexts, out: Path) -> None:
     check_same(make_fingerprint(old.description, {}), make_fingerprint(contexts.description, {}),
                f"the run folder {out} (its {CONTEXTS_FILE})",
                "a run folder holds one packing of one corpus: capture into another --out folder", CaptureError)  # fmt: skip
+
+
+def captured_by(site_dir: Path) -> int | None:
+    """How many processes captured the store at `site_dir` (its rank_NNN folders; 1 for a plain store), or None
+    when nothing is there yet."""
+    ranks = sorted(site_dir.glob("rank_[0-9][0-9][0-9]")) if site_dir.is_dir() else []
+    if ranks:
+        return len(ranks)
+    return 1 if (site_dir / MANIFEST).exists() else None
+
+
+def check_split(site_dir: Path, world: int) -> None:
+    """A store is resumed by as many processes as started it (each rank owns a block of contexts): refuse
+    another number, before anything is written."""
+    before = captured_by(site_dir)
+    if before is not None and before != world:
+        how = "one process" if before == 1 else f"{before} processes (torchrun --nproc-per-node {before})"
+        raise CaptureError(
+            f"the store at {site_dir} was captured by {before} process(es), this capture runs {world}: each rank "
+            f"owns a block of contexts, so resume it with {how}, or capture into another --out folder"
+        )
 
 
 def _check_settings(
