@@ -29,7 +29,13 @@ def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, 
     from interp.decompose.fitting import default_fit_dir, fit_store
 
     config = method_config(method, options)
-    out = out or default_fit_dir(store_path, method, options.get("n_features"))
+    k = options.get("n_features")
+    if options.get("hierarchy") and k is not None and int(k) != config.n_features:
+        raise ValueError(
+            f"--k {k} disagrees with --hierarchy {options['hierarchy']}: the features are the hierarchy's first "
+            f"(finest) rank; pass --k {config.n_features}, or leave --k out"
+        )
+    out = out or default_fit_dir(store_path, method, getattr(config, "n_features", k))
     return fit_store(store_path, method, config, out, progress, log=echo0, overwrite=overwrite)
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from interp.decompose.base import DecomposerError
+
 INITS = ("random", "svd", "kmeans")
 
 
@@ -64,6 +66,13 @@ class SNMFConfig:
     def __post_init__(self) -> None:
         if self.hierarchy:
             object.__setattr__(self, "hierarchy", tuple(int(r) for r in self.hierarchy))
+            default = SNMFConfig.__dataclass_fields__["n_features"].default
+            if self.n_features not in (default, self.hierarchy[0]):
+                ranks = ",".join(map(str, self.hierarchy))
+                raise DecomposerError(
+                    f"n_features={self.n_features} (--k) disagrees with hierarchy={ranks}: the features are the "
+                    f"hierarchy's first (finest) rank; pass --k {self.hierarchy[0]}, or leave --k out"
+                )
             object.__setattr__(self, "n_features", self.hierarchy[0])
 
 
