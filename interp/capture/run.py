@@ -280,6 +280,10 @@ def capture_corpus(
 ) -> tuple[dict[str, ActivationStore], CaptureStats, Path]:
     """Load the model, pack the corpus, capture `sites` (default: the middle layer's); returns (stores by site,
     stats, run folder)."""
+    for flag, value, least in (("--n-tokens", n_tokens, 1), ("--context-len", context_len, 2),
+                               ("--batch-size", batch_size, 1)):  # fmt: skip
+        if value < least:
+            raise CaptureError(f"{flag} must be >= {least}, got {value}")
     model = load_model(model_name, device=device)
     sites = sites or middle_sites(model.info.n_layers)
     contexts = load_contexts(model.tokenizer, corpus, context_len, n_tokens, text_column)

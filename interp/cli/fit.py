@@ -10,7 +10,8 @@ import typer
 from interp.cli.common import USER_ERRORS, config_from_options, echo0, fail, parse_overrides
 
 FLAGS = {"n_features": "--k", "k": "--topk-k", "batch_size": "--batch-size", "n_steps": "--n-steps",
-         "max_iter": "--max-iter", "l1_coeff": "--l1-coeff"}  # fmt: skip
+         "max_iter": "--max-iter", "l1_coeff": "--l1-coeff", "lr": "--lr", "sparsity": "--sparsity",
+         "hierarchy": "--hierarchy", "seed": "--seed"}  # fmt: skip
 
 
 def method_config(method: str, options: dict[str, Any]) -> Any:

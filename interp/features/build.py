@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.core import distributed
+from interp.core.checks import check_ranges
 from interp.core.device import resolve_device
 from interp.core.io import atomic_save_safetensors, atomic_write_json
 from interp.decompose.base import SOURCE_FILE, read_source
@@ -61,6 +62,13 @@ from interp.store import ActivationStore
 from interp.store.batches import context_batches
 
 FIRE_THRESHOLD = {"snmf": 0.01}  # default fire_threshold by method (others: 0)
+
+
+INDEX_RANGES = {
+    "top_k": ">= 1", "window": ">= 0", "band_samples": ">= 1", "n_bins": ">= 1", "n_logit": ">= 0", "n_similar": ">= 0",
+    "n_neurons": ">= 0", "fire_threshold": ">= 0", "batch_tokens": ">= 1", "max_batch_codes": ">= 1",
+    "max_tokens": ">= 1", "checkpoint_every": ">= 0",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,7 @@ class IndexConfig:
         q = self.band_quantiles
         if not q or q[0] != 0.0 or any(b <= a for a, b in zip(q, q[1:], strict=False)) or q[-1] >= 1:
             raise FeatureIndexError(f"band_quantiles must start at 0.0, increase, and stay below 1; got {q}")
-        if self.top_k < 1 or self.window < 0 or self.band_samples < 1 or self.n_bins < 1:
-            raise FeatureIndexError("top_k, band_samples and n_bins must be >= 1 and window >= 0")
+        check_ranges(self, INDEX_RANGES, FeatureIndexError)
 
 
 # ----------------------------------------------------------------------------------------------- building

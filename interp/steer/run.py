@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interp.core.checks import check_ranges
 from interp.core.io import atomic_write, atomic_write_json, atomic_write_text
 from interp.decompose.base import load_decomposer
 from interp.models import load_model
@@ -60,6 +61,13 @@ class SteerEvalConfig:
     device: str = "auto"
     embedding_judge: bool = True  # use the offline sentence-embedding judge when installed
     llm_judge: bool = False  # also rate with the OpenAI-compatible endpoint of INTERP_JUDGE_URL
+
+    def __post_init__(self) -> None:
+        check_ranges(self, STEER_RANGES, SteerEvalError)
+
+
+STEER_RANGES = {"per_concept": ">= 1", "kl_targets": "> 0", "n_samples": ">= 1", "max_new_tokens": ">= 1",
+                "max_len": ">= 1", "top_k": ">= 1", "top_p": "in (0, 1]"}  # fmt: skip
 
 
 class SteerEvalError(ValueError):

@@ -6,9 +6,17 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from interp.core.checks import check_ranges
 from interp.decompose.base import DecomposerError
 
 INITS = ("random", "svd", "kmeans")
+
+
+SNMF_RANGES = {
+    "n_features": ">= 1", "sparsity": "in (0, 1]", "svd_power_iters": ">= 0", "max_iter": ">= 1", "patience": ">= 1",
+    "tol": ">= 0", "ridge": ">= 0", "eps": "> 0", "hierarchy": ">= 1", "chunk_tokens": ">= 1",
+    "memory_limit_gb": "> 0", "checkpoint_every": ">= 1", "encode_iters": ">= 0",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,9 @@ class SNMFConfig:
     """A checkpointed fit goes on with a higher max_iter; encode_iters is used after the fit only."""
 
     def __post_init__(self) -> None:
+        check_ranges(self, SNMF_RANGES, DecomposerError)
+        if self.init not in INITS:
+            raise DecomposerError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if self.hierarchy:
             object.__setattr__(self, "hierarchy", tuple(int(r) for r in self.hierarchy))
             default = SNMFConfig.__dataclass_fields__["n_features"].default
