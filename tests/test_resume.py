@@ -119,3 +119,29 @@ def test_default_fit_folder_tells_models_apart(tmp_path):
     b = make_store(tmp_path / "b" / "bbc" / "0.resid_post", planted(), model="model-b")
     dir_a, dir_b = default_fit_dir(a.path, "topk", 32), default_fit_dir(b.path, "topk", 32)
     assert dir_a != dir_b and "model-a" in dir_a.parts and "model-b" in dir_b.parts
+
+
+def test_sae_training_names_the_store_row_of_a_nan_past_the_first_rows(tmp_path):
+    """A NaN at store row 5000 (beyond the 4,096 rows checked up front): the old code said "the training loss
+    became nan at step 0; lower --lr"."""
+    x = planted(n=6000)
+    x[5000, 3] = float("nan")
+    store = make_store(tmp_path / "s", x, rows=1000)
+    config = SAEConfig(**{**SAE_BASE, "batch_size": 500, "n_steps": 40})
+    with pytest.raises(DecomposerError, match=r"store at .* contain NaN or inf \(rows \[5000\], met in batch"):
+        SAE(config).fit(store, progress=False)
+    with pytest.raises(DecomposerError, match=r"NaN or inf \(rows \[5000\]"):  # a tensor is checked whole
+        MPSAE(MPSAEConfig(n_features=32, k=3, batch_size=500, n_steps=40, device="cpu")).fit(x, progress=False)
+
+
+def test_the_index_names_the_store_row_of_a_nan(tmp_path, tiny_llama):
+    from interp.features import FeatureIndexError, build_index
+    from interp.features.build import IndexConfig
+
+    x = planted(n=1200)
+    sae = SAE(SAEConfig(**SAE_BASE)).fit(x, progress=False)
+    x[1100, 0] = float("inf")
+    store = make_store(tmp_path / "s", x)
+    config = IndexConfig(batch_tokens=64, checkpoint_every=0, device="cpu")
+    with pytest.raises(FeatureIndexError, match=r"rows \[1100\]"):  # the old code named the row in its batch
+        build_index(sae, store, tmp_path / "idx", config, model=tiny_llama, progress=False)

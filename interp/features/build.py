@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.core import distributed
-from interp.core.checks import check_ranges
+from interp.core.checks import check_activations, check_ranges
 from interp.core.device import resolve_device
 from interp.core.io import atomic_save_safetensors, atomic_write_json
 from interp.decompose.base import SOURCE_FILE, read_source
@@ -248,6 +248,9 @@ def _run_passes(decomposer, store: ActivationStore, checkpoint: IndexCheckpoint 
                 bar.update(batch.acts.shape[0])
                 continue
             x = batch.acts.to(device, torch.float32)
+            check_activations(
+                x, None, f"activations of {store.path}", FeatureIndexError, first_row=batch.start
+            )
             codes = decomposer.encode(x).detach().float().to(device)
             yield batch, x, codes
             bar.update(x.shape[0])
