@@ -233,9 +233,7 @@ def test_appending_with_another_model_or_corpus_is_refused(tiny, tmp_path):
     contexts = pack(docs(), tiny.tokenizer, context_len=16, n_tokens=50)
     capture(tiny, contexts, "0.resid_post", tmp_path, progress=False)
     llama = load_model("tiny-llama", device="cpu")
-    with pytest.raises(
-        StoreError, match="captured with model='tiny-gpt2', but this run has model='tiny-llama'"
-    ):
+    with pytest.raises(StoreError, match=r"settings\.model: \"tiny-gpt2\" -> \"tiny-llama\""):
         capture(
             llama,
             pack(docs(), llama.tokenizer, context_len=16, n_tokens=50),
@@ -244,5 +242,21 @@ def test_appending_with_another_model_or_corpus_is_refused(tiny, tmp_path):
             progress=False,
         )
     other = pack(docs(), tiny.tokenizer, context_len=16, n_tokens=50, source="other.txt")
-    with pytest.raises(StoreError, match="corpus_fingerprint"):
+    with pytest.raises(CaptureError, match=r"corpus: .* -> \"other.txt\""):
         capture(tiny, other, "0.resid_post", tmp_path, progress=False)
+
+
+def test_a_run_folder_is_bound_to_one_packing(tiny_llama, tmp_path):
+    """Another --context-len for a new site in the same run folder is refused before anything is written (the old
+    code replaced contexts.safetensors, so the earlier stores pointed at the wrong text)."""
+    capture(tiny_llama, pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=60), "0.resid_post", tmp_path,
+            progress=False)  # fmt: skip
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    other = pack(docs(), tiny_llama.tokenizer, context_len=24, n_tokens=60)
+    with pytest.raises(CaptureError, match=r"context_len: 16 -> 24.*another --out"):
+        capture(tiny_llama, other, "1.resid_post", tmp_path, progress=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # the same packing, fewer tokens, a new site: the run's longer contexts stay, the old store still matches them
+    shorter = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=30)
+    capture(tiny_llama, shorter, "1.resid_post", tmp_path, progress=False)
+    assert (tmp_path / "contexts.safetensors").read_bytes() == before[tmp_path / "contexts.safetensors"]

@@ -37,6 +37,27 @@ def _capture_rank(rank: int, world: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's --master-port; never a fixed number)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _capture_rank_or_error(rank: int, world: int, init_file: str, out: str, errors: str) -> None:
+    """`_capture_rank`, writing a CaptureError's message to `errors`/rank_R.txt instead of raising."""
+    from interp.capture import CaptureError
+
+    try:
+        _capture_rank(rank, world, init_file, out)
+    except CaptureError as e:
+        os.makedirs(errors, exist_ok=True)
+        with open(os.path.join(errors, f"rank_{rank}.txt"), "w") as f:
+            f.write(str(e))
+
+
 def test_rank_range_splits_contiguously():
     blocks = [rank_range(10, r, 3) for r in range(3)]
     assert blocks == [(0, 4), (4, 7), (7, 10)]
@@ -64,12 +85,32 @@ def test_two_rank_capture_equals_one_rank(tmp_path, tiny_llama):
     assert ActivationStore.open(tmp_path / "two" / "0.mlp_hidden").n_tokens == single["0.mlp_hidden"].n_tokens
 
 
+@pytest.mark.parametrize("before,after", [(2, 3), (3, 2)])
+def test_a_rerun_with_another_number_of_processes_is_refused(tmp_path, before, after):
+    """Each rank owns a block of contexts, so a rerun with another world size would merge overlapping rank stores
+    (the old code: 2 -> 3 duplicated contexts). It is refused on every rank, and nothing written changes."""
+    from interp.store import ActivationStore
+
+    out, errors = tmp_path / "run", tmp_path / "errors"
+    mp.start_processes(_capture_rank, args=(before, str(tmp_path / "init1"), str(out)), nprocs=before,
+                       start_method="spawn")  # fmt: skip
+    n_tokens = ActivationStore.open(out / "0.mlp_hidden").n_tokens
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    mp.start_processes(_capture_rank_or_error, args=(after, str(tmp_path / "init2"), str(out), str(errors)),
+                       nprocs=after, start_method="spawn")  # fmt: skip
+    messages = [(errors / f"rank_{r}.txt").read_text() for r in range(after)]
+    assert all(f"captured by {before} process(es), this capture runs {after}" in m for m in messages)
+    assert f"--nproc-per-node {before}" in messages[0] and "another --out" in messages[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert ActivationStore.open(out / "0.mlp_hidden").n_tokens == n_tokens
+
+
 @pytest.mark.slow
 def test_torchrun_cli(tmp_path):
     """`torchrun --nproc-per-node 2 -m interp capture --distributed` end to end."""
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(CORPUS))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "interp", "capture", "--distributed", "--model", "tiny-gpt2", "--sites", "1.resid_post",
            "--corpus", str(corpus), "--n-tokens", "300", "--context-len", "16", "--device", "cpu",
            "--out", str(tmp_path / "run")]  # fmt: skip
@@ -81,13 +122,13 @@ def test_torchrun_cli(tmp_path):
 
     assert ActivationStore.open(tmp_path / "run" / "1.resid_post").n_tokens == 300
     torchrun = cmd[:5]  # python -m torch.distributed.run --nproc-per-node 2
-    fit = [*torchrun, "--master-port", "29534", "-m", "interp", "fit", "--distributed", "--method", "topk", "--store", str(tmp_path / "run" / "1.resid_post"),
+    fit = [*torchrun, "--master-port", str(free_port()), "-m", "interp", "fit", "--distributed", "--method", "topk", "--store", str(tmp_path / "run" / "1.resid_post"),
            "--k", "32", "--topk-k", "4", "--n-steps", "20", "--batch-size", "64", "--device", "cpu",
            "--out", str(tmp_path / "topk")]  # fmt: skip
     result = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("fitting topk") == 1 and "on 2 processes" in result.stdout
-    index = [*torchrun, "--master-port", "29535", "-m", "interp", "index", "--distributed", str(tmp_path / "topk"),
+    index = [*torchrun, "--master-port", str(free_port()), "-m", "interp", "index", "--distributed", str(tmp_path / "topk"),
              "--device", "cpu", "--top-k", "5"]  # fmt: skip
     result = subprocess.run(index, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

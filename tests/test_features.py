@@ -282,14 +282,22 @@ def test_interrupted_index_resumes_to_the_same_index(toy_cache, toy_model, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "whole"]  # the checkpoint is gone
 
 
-def test_a_checkpoint_of_another_build_is_not_resumed(toy_cache, toy_model, tmp_path):
+def test_a_checkpoint_of_another_build_is_refused_naming_what_differs(toy_cache, toy_model, tmp_path):
+    import shutil
+
     store = store_of(toy_cache)
     config = IndexConfig(top_k=6, window=3, batch_tokens=70, checkpoint_every=2)
     with pytest.raises(KeyboardInterrupt):
         build_index(
             Interrupted(store.d, 12, 9), store, tmp_path / "idx", config, model=toy_model, progress=False
         )
-    other = Interrupted(store.d, 10)  # other features: the checkpoint is set aside, the build starts afresh
+    other = Interrupted(store.d, 10)  # other features
+    with pytest.raises(FeatureIndexError, match=r"data\.directions: .*delete"):
+        build_index(other, store, tmp_path / "idx", config, model=toy_model, progress=False)
+    with pytest.raises(FeatureIndexError, match=r"settings\.top_k: 6 -> 7"):
+        build_index(Interrupted(store.d, 12), store, tmp_path / "idx", IndexConfig(**{**config.__dict__, "top_k": 7}),
+                    model=toy_model, progress=False)  # fmt: skip
+    shutil.rmtree(tmp_path / ".idx.partial")  # as the message says: then the build starts afresh
     index = build_index(other, store, tmp_path / "idx", config, model=toy_model, progress=False)
     assert index.n_features == 10 and other.calls == 2 * len(list(context_batches(store, 70)))
 

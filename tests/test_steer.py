@@ -259,7 +259,23 @@ def test_steer_eval_end_to_end_and_resume(tmp_path, fixed_method):
     new_lines = (out / "cells.jsonl").read_text().splitlines()
     assert new_lines[: len(lines) - 1] == lines[:-1] and json.loads(new_lines[-1])["method"]
     other = runner.invoke(app, [*steer_args(tmp_path, tmp_path / "fixed"), "--seed", "3"])
-    assert other.exit_code == 2 and "holds a run with other settings (seed)" in other.output
+    assert other.exit_code == 2 and "other settings (settings.seed: 0 -> 3)" in other.output
+
+
+def test_a_failed_steer_eval_writes_nothing_and_the_device_does_not_block(tmp_path, fixed_method):
+    """The old code wrote config.json before loading the concepts, so the corrected rerun was refused."""
+    from interp.steer.run import SteerEvalConfig, SteerEvalError, _check_resume, _record_config
+
+    FixedDirections(FixedConfig(n_features=6, d_in=128)).save(tmp_path / "fixed")
+    args = steer_args(tmp_path, tmp_path / "fixed")
+    bad = CliRunner().invoke(app, [*args, "--concepts", str(tmp_path / "missing.jsonl")])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert not (tmp_path / "out" / "config.json").exists()
+    config = SteerEvalConfig(model="tiny-llama", seed=1, device="cuda")
+    _record_config(tmp_path / "run", config)
+    _check_resume(tmp_path / "run", SteerEvalConfig(model="tiny-llama", seed=1, device="cpu"))  # may resume
+    with pytest.raises(SteerEvalError, match=r"settings\.seed: 1 -> 2"):
+        _check_resume(tmp_path / "run", SteerEvalConfig(model="tiny-llama", seed=2, device="cpu"))
 
 
 def test_steer_eval_bad_input(tmp_path, fixed_method, stub_judge, monkeypatch):

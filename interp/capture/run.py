@@ -5,7 +5,8 @@
 Output folder: `contexts.safetensors` (the packed token contexts) and one store folder per site. Batches run on the
 model's device; the forward pass stops after the deepest requested block; padding and (by default) the BOS position
 are dropped. Shards are committed atomically; running the same capture again resumes after the last shard that every
-site has committed.
+site has committed. A run folder is bound to one packing (corpus, tokenizer, context length, BOS): a capture
+packed otherwise is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from tqdm.auto import tqdm
 
 from interp.core import distributed
 from interp.core.checks import all_finite
+from interp.core.fingerprint import check_same, make_fingerprint
 from interp.core.paths import cache_dir
 from interp.corpus import Contexts, load_contexts
 from interp.models import LoadedModel, load_model
 from interp.models.hooks import BACKENDS, backend_runner
 from interp.models.sites import Site, parse_sites
-from interp.store import CONTEXTS_FILE, DTYPES, ActivationStore, StoreManifest, merge_rank_stores
+from interp.store import CONTEXTS_FILE, DTYPES, MANIFEST, ActivationStore, StoreManifest, merge_rank_stores
 
 
 class CaptureError(ValueError):
@@ -85,15 +87,19 @@ def capture(
     info = model.info
     site_list = parse_sites(sites, info.n_layers)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
+    check_packing(old, contexts, out)  # before anything is written
     rank, world = distributed.rank(), distributed.world_size()
+    for site in site_list:
+        check_split(out / site.name, world)
+    distributed.barrier()  # every rank has checked before any rank creates its folders
+    out.mkdir(parents=True, exist_ok=True)
     begin, stop = distributed.rank_range(
         contexts.n_contexts
     )  # this rank's contexts (all of them in one process)
     stores = _open_stores(model, contexts, site_list, out, dtype, drop_bos)
     # Resume: every site restarts after the last context that all of them committed.
     done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
-    old = Contexts.load(out / CONTEXTS_FILE) if (out / CONTEXTS_FILE).exists() else None
     distributed.barrier()  # every rank has read the old contexts before rank 0 replaces them
     if done > stop:  # the stores already hold more than this call asks for
         return _finish(stores, site_list, out, world), CaptureStats(0, 0.0)
@@ -102,8 +108,10 @@ def capture(
     for store in stores.values():
         store.truncate(done)  # drops whole shards, so the stores may now end before `done`
     done = max(begin, min(store.manifest.n_contexts for store in stores.values()))
-    if rank == 0:
-        contexts.save(out / CONTEXTS_FILE)
+    if rank == 0 and (old is None or contexts.n_contexts >= old.n_contexts):
+        contexts.save(
+            out / CONTEXTS_FILE
+        )  # a shorter capture keeps the longer packing (its prefix is the same)
     if shard_tokens is None:
         widest = max(site.width(info) for site in site_list)
         shard_tokens = max(1024, (64 << 20) // (widest * DTYPES[dtype].itemsize))
@@ -113,6 +121,37 @@ def capture(
     written = _write_shards(model, run, contexts, site_list, stores, batches, stop, drop_bos, dtype,
                             shard_tokens, progress)  # fmt: skip
     return _finish(stores, site_list, out, world), CaptureStats(written, time.perf_counter() - start_time)
+
+
+def check_packing(old: Contexts | None, contexts: Contexts, out: Path) -> None:
+    """A run folder is bound to one packing of one corpus (every site's rows point into its contexts file):
+    refuse contexts packed otherwise, naming what differs."""
+    if old is None:
+        return
+    check_same(make_fingerprint(old.description, {}), make_fingerprint(contexts.description, {}),
+               f"the run folder {out} (its {CONTEXTS_FILE})",
+               "a run folder holds one packing of one corpus: capture into another --out folder", CaptureError)  # fmt: skip
+
+
+def captured_by(site_dir: Path) -> int | None:
+    """How many processes captured the store at `site_dir` (its rank_NNN folders; 1 for a plain store), or None
+    when nothing is there yet."""
+    ranks = sorted(site_dir.glob("rank_[0-9][0-9][0-9]")) if site_dir.is_dir() else []
+    if ranks:
+        return len(ranks)
+    return 1 if (site_dir / MANIFEST).exists() else None
+
+
+def check_split(site_dir: Path, world: int) -> None:
+    """A store is resumed by as many processes as started it (each rank owns a block of contexts): refuse
+    another number, before anything is written."""
+    before = captured_by(site_dir)
+    if before is not None and before != world:
+        how = "one process" if before == 1 else f"{before} processes (torchrun --nproc-per-node {before})"
+        raise CaptureError(
+            f"the store at {site_dir} was captured by {before} process(es), this capture runs {world}: each rank "
+            f"owns a block of contexts, so resume it with {how}, or capture into another --out folder"
+        )
 
 
 def _check_settings(
@@ -241,6 +280,10 @@ def capture_corpus(
 ) -> tuple[dict[str, ActivationStore], CaptureStats, Path]:
     """Load the model, pack the corpus, capture `sites` (default: the middle layer's); returns (stores by site,
     stats, run folder)."""
+    for flag, value, least in (("--n-tokens", n_tokens, 1), ("--context-len", context_len, 2),
+                               ("--batch-size", batch_size, 1)):  # fmt: skip
+        if value < least:
+            raise CaptureError(f"{flag} must be >= {least}, got {value}")
     model = load_model(model_name, device=device)
     sites = sites or middle_sites(model.info.n_layers)
     contexts = load_contexts(model.tokenizer, corpus, context_len, n_tokens, text_column)

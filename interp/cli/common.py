@@ -101,4 +101,11 @@ def config_from_options(config_class: type, options: dict[str, Any], flags: dict
             except ValueError as e:
                 raise ValueError(f"--set {name}={value!r}: {e}") from None
         kwargs[name] = value
-    return config_class(**kwargs)
+    try:
+        return config_class(**kwargs)
+    except ValueError as e:  # a setting out of range: name the flag that set it
+        name = getattr(e, "setting", None)
+        if name is None or name not in kwargs:
+            raise
+        flag = (flags or {}).get(name, f"--set {name}=...")
+        raise type(e)(f"{flag}: {e}") from None

@@ -10,7 +10,8 @@ import typer
 from interp.cli.common import USER_ERRORS, config_from_options, echo0, fail, parse_overrides
 
 FLAGS = {"n_features": "--k", "k": "--topk-k", "batch_size": "--batch-size", "n_steps": "--n-steps",
-         "max_iter": "--max-iter", "l1_coeff": "--l1-coeff"}  # fmt: skip
+         "max_iter": "--max-iter", "l1_coeff": "--l1-coeff", "lr": "--lr", "sparsity": "--sparsity",
+         "hierarchy": "--hierarchy", "seed": "--seed"}  # fmt: skip
 
 
 def method_config(method: str, options: dict[str, Any]) -> Any:
@@ -23,15 +24,20 @@ def method_config(method: str, options: dict[str, Any]) -> Any:
     return config_from_options(config_class, options, FLAGS, what=f"method {method!r}")
 
 
-def run_fit(
-    store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True
-) -> Any:
+def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True,
+            overwrite: bool = False) -> Any:  # fmt: skip
     """Fit `method` with CLI `options` on a store into `out` (default under cache/decomposers); returns it."""
     from interp.decompose.fitting import default_fit_dir, fit_store
 
     config = method_config(method, options)
-    out = out or default_fit_dir(store_path, method, options.get("n_features"))
-    return fit_store(store_path, method, config, out, progress, log=echo0)
+    k = options.get("n_features")
+    if options.get("hierarchy") and k is not None and int(k) != config.n_features:
+        raise ValueError(
+            f"--k {k} disagrees with --hierarchy {options['hierarchy']}: the features are the hierarchy's first "
+            f"(finest) rank; pass --k {config.n_features}, or leave --k out"
+        )
+    out = out or default_fit_dir(store_path, method, getattr(config, "n_features", k))
+    return fit_store(store_path, method, config, out, progress, log=echo0, overwrite=overwrite)
 
 
 def fit_cmd(
@@ -61,6 +67,9 @@ def fit_cmd(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="any other config field: name=value")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace a fit (or a checkpoint) of other settings in the output folder")
+    ] = False,
     distributed: Annotated[
         bool,
         typer.Option(
@@ -80,7 +89,7 @@ def fit_cmd(
     try:
         options["device"] = dist.start(distributed, device)
         options.update(parse_overrides(set_ or []))
-        run_fit(store, method, out, options)
+        run_fit(store, method, out, options, overwrite=overwrite)
     except USER_ERRORS as e:
         fail(e)
     finally:

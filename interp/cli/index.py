@@ -50,7 +50,8 @@ def index_cmd(
         device = dist.start(distributed, device)
         options = {"top_k": top_k, "window": window, "max_tokens": max_tokens, "device": device}
         options.update(parse_overrides(set_ or []))
-        config = config_from_options(IndexConfig, options, what="interp index")
+        flags = {"top_k": "--top-k", "window": "--window", "max_tokens": "--max-tokens"}
+        config = config_from_options(IndexConfig, options, flags, what="interp index")
         index = build_index(decomposer, store, out, config, model=model, hierarchy=hierarchy)
     except USER_ERRORS as e:
         fail(e)

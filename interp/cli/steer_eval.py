@@ -36,7 +36,13 @@ def steer_eval_config(toml_path: Path | None, flags: dict[str, Any]) -> Any:
             )
     values.update({k: v for k, v in flags.items() if v is not None})
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return SteerEvalConfig(**values)
+    try:
+        return SteerEvalConfig(**values)
+    except ValueError as e:  # a setting out of range: name its flag
+        name = getattr(e, "setting", None)
+        if name is None:
+            raise
+        raise type(e)(f"--{name.replace('_', '-')}: {e}") from None
 
 
 def steer_eval_cmd(

@@ -43,3 +43,28 @@ def check_activations(
         bad = ((~torch.isfinite(x)).any(dim=1).nonzero()[:5, 0] + first_row).tolist()
         raise error(f"{what} contain NaN or inf (rows {bad}...); fix or drop those rows first")
     return x
+
+
+RULES = {
+    ">= 1": lambda v: v >= 1,
+    ">= 0": lambda v: v >= 0,
+    "> 0": lambda v: v > 0,
+    "in (0, 1]": lambda v: 0 < v <= 1,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+"""The ranges a numeric setting can be held to (`check_ranges`)."""
+
+
+def check_ranges(config: object, rules: dict[str, str], error: type[Exception] = ValueError) -> None:
+    """Refuse a numeric field of `config` outside its range (`rules`: field -> a key of `RULES`; None passes;
+    a tuple is checked element by element). The error names the field and carries it as `.setting`, so the
+    command line can name its flag."""
+    for name, rule in rules.items():
+        value = getattr(config, name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(v is not None and not RULES[rule](v) for v in values):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+            exc = error(f"{name}={shown} must be {rule}")
+            exc.setting = name  # type: ignore[attr-defined]
+            raise exc

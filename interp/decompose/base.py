@@ -27,7 +27,7 @@ from interp.store import ActivationStore
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-SOURCE_FILE = "source.json"  # the store a decomposer was fitted on: {"store", "model", "site"}
+SOURCE_FILE = "source.json"  # the store a decomposer was fitted on: {"store", "model", "site", "fingerprint"}
 
 # method name -> "module:Class"; imported lazily so a method's dependencies load only when used.
 METHODS: dict[str, str] = {
@@ -110,9 +110,11 @@ def read_decomposer(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, load_file(str(folder / WEIGHTS_FILE))
 
 
-def write_source(folder: str | Path, store: ActivationStore) -> None:
-    """Record in `folder` the store a decomposer was fitted on (path, model, site)."""
+def write_source(folder: str | Path, store: ActivationStore, fingerprint: dict | None = None) -> None:
+    """Record in `folder` the store a decomposer was fitted on (path, model, site) and the fit's fingerprint."""
     source = {"store": str(Path(store.path).resolve()), "model": store.manifest.model, "site": store.site}
+    if fingerprint is not None:
+        source["fingerprint"] = fingerprint
     atomic_write_json(Path(folder) / SOURCE_FILE, source)
 
 

@@ -17,16 +17,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from interp.core.checks import check_ranges
 from interp.decompose.base import DecomposerError
 from interp.decompose.sae import SAE
 from interp.decompose.sae.unit_decoder import normalize_rows_, remove_parallel_gradient_
 
 GROUP = 64
 """Atoms per group in the two-level argmax of the pursuit."""
+
+
+MPSAE_RANGES = {
+    "n_features": ">= 1", "inference_steps": ">= 0", "residual_threshold": ">= 0", "lr": "> 0", "batch_size": ">= 1",
+    "n_steps": ">= 1", "warmup_steps": ">= 0", "decay_start": "in [0, 1]", "dead_tokens": ">= 1",
+    "checkpoint_every": ">= 1",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,11 @@ class MPSAEConfig:
     """Pursuit accumulates many small updates: float32 by default."""
     checkpoint_every: int = 200
 
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("inference_steps", "residual_threshold")
+    """Used by `encode` only: a checkpointed training resumes whatever they are."""
+
     def __post_init__(self) -> None:
+        check_ranges(self, MPSAE_RANGES, DecomposerError)
         if not 0 < self.k <= self.n_features:
             raise DecomposerError(f"k={self.k} must be between 1 and n_features={self.n_features}")
 

@@ -29,12 +29,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interp.core import distributed
-from interp.core.checks import check_activations
+from interp.core.checks import all_finite, check_activations
 from interp.core.device import resolve_device
+from interp.core.fingerprint import check_same, make_fingerprint, settings_of
 from interp.core.io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
 from interp.decompose.base import DecomposerError
 from interp.decompose.batches import GlobalBatches
-from interp.store import ActivationStore
+from interp.store import ActivationStore, data_fingerprint
 
 
 def learning_rate_factor(step: int, n_steps: int, warmup: int, decay_start: float) -> float:
@@ -131,6 +132,7 @@ def _init_from_data(module, batches: GlobalBatches, d_in: int, normalize: bool, 
     """Activation scale (mean norm -> sqrt(d_in)) and b_dec (the scaled mean) from a fixed sample of rows; under
     torch.distributed each rank reads its part of the sample and the sums are all-reduced."""
     sample = batches.sample(16384).to(device)
+    sample = sample[torch.isfinite(sample).all(dim=1)]  # a row with NaN is named when its batch comes
     sums = torch.cat(
         [sample.norm(dim=1).sum().reshape(1), sample.sum(0), sample.new_tensor([sample.shape[0]])]
     )
@@ -146,21 +148,21 @@ def _global_metrics(
 ) -> tuple[dict, torch.Tensor]:
     """Loss, FVU and L0 of the global batch, and its fire counts `[n_features]`, from every rank's part `x`.
 
-    One all-reduce of [loss, squared error, L0 sum, sum ||x||^2, sum x, fire counts]; FVU is measured about the
+    One all-reduce of [loss, squared error, L0 sum, rows with NaN / inf, sum ||x||^2, sum x, fire counts]; FVU is measured about the
     global batch mean: sum ||x - x_hat||^2 / (sum ||x||^2 - ||sum x||^2 / B).
     """
     n = x.shape[0]
-    head = torch.tensor([float(loss.detach()), stats["mse"] * n, stats["l0"] * n], dtype=torch.float64,
-                        device=x.device)  # fmt: skip
+    head = torch.tensor([float(loss.detach()), stats["mse"] * n, stats["l0"] * n, stats.get("bad", 0)],
+                        dtype=torch.float64, device=x.device)  # fmt: skip
     packed = torch.cat([head, x.square().sum(dtype=torch.float64).reshape(1), x.sum(0, dtype=torch.float64),
                         stats["fired"].double()])  # fmt: skip
     packed = distributed.all_reduce_sum(packed)
     world = distributed.world_size()
-    sq_error, sum_x2, sum_x = packed[1], packed[3], packed[4 : 4 + x.shape[1]]
+    sq_error, sum_x2, sum_x = packed[1], packed[4], packed[5 : 5 + x.shape[1]]
     variance = float(sum_x2 - sum_x.square().sum() / batch_size)
     record = {"loss": float(packed[0]) / world, "fvu": float(sq_error) / max(variance, 1e-12),
-              "l0": float(packed[2]) / batch_size}  # fmt: skip
-    return record, packed[4 + x.shape[1] :].float()
+              "l0": float(packed[2]) / batch_size, "bad": int(packed[3])}  # fmt: skip
+    return record, packed[5 + x.shape[1] :].float()
 
 
 def train(
@@ -179,7 +181,8 @@ def train(
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), weight_decay=0.0,
                                   fused=device.type in ("cpu", "cuda"))  # fmt: skip
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    resumed = _load_checkpoint(ckpt, cfg.batch_size, module, optimizer, device)
+    fingerprint = training_fingerprint(decomposer, data) if ckpt is not None else {}
+    resumed = _load_checkpoint(ckpt, fingerprint, module, optimizer, device)
     if resumed is None:
         _init_from_data(module, batches, d_in, cfg.normalize, device)
         step, history, since_fired = 0, [], torch.zeros(cfg.n_features, device=device)
@@ -196,7 +199,8 @@ def train(
                disable=not progress or rank != 0)  # fmt: skip
     while step < cfg.n_steps:
         x = batches.batch(step).to(device) * module.scale  # this rank's part of global batch `step`
-        record, fired = _train_step(module, loss_of, optimizer, x, since_fired, step, cfg)
+        record, fired = _train_step(module, loss_of, optimizer, x, since_fired, step, cfg,
+                                    lambda rows, s=step: _non_finite_error(data, batches.rows(s)[rows], s))  # fmt: skip
         since_fired += cfg.batch_size
         since_fired[fired > 0] = 0
         step += 1
@@ -213,24 +217,29 @@ def train(
         bar.set_postfix(loss=f"{record['loss']:.3g}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
                         dead=f"{record['dead']:.2f}")  # fmt: skip
         if ckpt is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.n_steps):
-            _checkpoint(ckpt, module, optimizer, since_fired, step, history, cfg.batch_size)
+            _checkpoint(ckpt, module, optimizer, since_fired, step, history, cfg.batch_size, fingerprint)
     bar.close()
     distributed.barrier()  # the last checkpoint is on disk before any rank returns
     module.fold_scale()
     decomposer.history = history
 
 
-def _load_checkpoint(ckpt: Path | None, batch_size: int, module, optimizer, device: torch.device):
+def training_fingerprint(decomposer, data: ActivationStore | torch.Tensor) -> dict:
+    """What a checkpoint of this training must match to be resumed: the method, the settings that change the
+    result (not the device, the checkpoint interval, nor the number of processes) and the data."""
+    settings = {"method": decomposer.method, **settings_of(decomposer.config, resume=True)}
+    return make_fingerprint(settings, data_fingerprint(data))
+
+
+def _load_checkpoint(ckpt: Path | None, fingerprint: dict, module, optimizer, device: torch.device):
     """Restore module and optimizer from `ckpt`; returns (step, history, since_fired [n_features]) or None when
-    there is nothing to resume."""
+    there is nothing to resume. A checkpoint of other settings or data is refused, naming what differs."""
     if ckpt is None or not (ckpt / "trainer.json").exists():
         return None
     saved = json.loads((ckpt / "trainer.json").read_text())
-    if saved.get("batch_size", batch_size) != batch_size:
-        raise DecomposerError(
-            f"the checkpoint in {ckpt} was trained with batch_size={saved['batch_size']} (global); resume with "
-            "the same --batch-size (the number of processes may change), or start in a new folder"
-        )
+    check_same(saved.get("fingerprint"), fingerprint, f"the checkpoint in {ckpt}",
+               "rerun with the same settings (the number of processes may change), pass --overwrite to start "
+               "afresh, or fit into another --out folder", DecomposerError)  # fmt: skip
     weights = load_file(str(_checkpoint_file(ckpt, saved, "module.safetensors")))
     module.load_state_dict({k: v.to(device) for k, v in weights.items()})
     optimizer.load_state_dict(
@@ -240,9 +249,28 @@ def _load_checkpoint(ckpt: Path | None, batch_size: int, module, optimizer, devi
     return saved["step"], saved["history"], since_fired.to(device)
 
 
-def _train_step(module, loss_of, optimizer, x: torch.Tensor, since_fired: torch.Tensor, step: int, cfg):
+def _non_finite_error(data: ActivationStore | torch.Tensor, rows: torch.Tensor, step: int) -> DecomposerError:
+    """The error for NaN / inf met in batch `step`, naming the store (or tensor) rows `rows` that hold them."""
+    where = f"the store at {data.path}" if isinstance(data, ActivationStore) else "the training tensor"
+    named = (
+        f"rows {sorted(rows.tolist())[:5]}" if rows.numel() else "rows of another process's part of the batch"
+    )
+    return DecomposerError(
+        f"the activations of {where} contain NaN or inf ({named}, met in batch {step}); fix or drop those rows "
+        "(e.g. capture again with the model in float32)"
+    )
+
+
+def _train_step(module, loss_of, optimizer, x: torch.Tensor, since_fired: torch.Tensor, step: int, cfg,
+                non_finite) -> tuple[dict, torch.Tensor]:  # fmt: skip
     """One optimizer step on this rank's part `x [b, d_in]` of global batch `step`; returns the global metrics and
-    how often each latent fired `[n_features]` over the global batch."""
+    how often each latent fired `[n_features]` over the global batch. Rows of `x` with NaN / inf (counted over
+    every rank, with the metrics) raise `non_finite(bad rows of x)` on every rank."""
+    bad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if not all_finite(x):  # one sum per batch: the data is checked as it streams, not only its start
+        bad = ~torch.isfinite(x).all(dim=1)
+        if distributed.world_size() == 1:
+            raise non_finite(bad.nonzero()[:, 0].cpu())
     factor = learning_rate_factor(step, cfg.n_steps, cfg.warmup_steps, cfg.decay_start)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
@@ -255,7 +283,9 @@ def _train_step(module, loss_of, optimizer, x: torch.Tensor, since_fired: torch.
         loss, stats = loss_of(x, dead, l1_coeff)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # under DDP: gradients averaged over ranks = the global batch's gradient
-    record, fired = _global_metrics(x, loss, stats, cfg.batch_size)
+    record, fired = _global_metrics(x, loss, {**stats, "bad": int(bad.sum())}, cfg.batch_size)
+    if record.pop("bad"):
+        raise non_finite(bad.nonzero()[:, 0].cpu())
     if not math.isfinite(record["loss"]):  # the global loss: every rank stops together
         raise DecomposerError(f"the training loss became {record['loss']} at step {step}; lower --lr")
     module.remove_parallel_gradient()
@@ -268,7 +298,7 @@ CHECKPOINT_FILES = ("module.safetensors", "optimizer.pt", "since_fired.safetenso
 
 
 def _checkpoint(ckpt: Path, module, optimizer, since_fired: torch.Tensor, step: int, history: list,
-                batch_size: int) -> None:  # fmt: skip
+                batch_size: int, fingerprint: dict) -> None:  # fmt: skip
     """Module, optimizer, dead-latent counters and the global position (step in global batches, rows consumed).
 
     The files of a step get the step in their names and `trainer.json`, replaced last, names them: a run killed
@@ -281,7 +311,8 @@ def _checkpoint(ckpt: Path, module, optimizer, since_fired: torch.Tensor, step: 
     atomic_save_safetensors({"since_fired": since_fired.cpu()}, ckpt / files["since_fired.safetensors"])
     atomic_torch_save(optimizer.state_dict(), ckpt / files["optimizer.pt"])
     atomic_write_json(ckpt / "trainer.json", {"step": step, "rows_consumed": step * batch_size,
-                                              "batch_size": batch_size, "files": files, "history": history})  # fmt: skip
+                                              "batch_size": batch_size, "files": files, "history": history,
+                                              "fingerprint": fingerprint})  # fmt: skip
     for old in ckpt.iterdir():
         if old.name not in files.values() and old.name.split("-")[0] in (
             "module",

@@ -1,6 +1,6 @@
 """The feature index: what the browser shows about every feature of a decomposer, computed once, read from disk.
 
-    index = build_index("cache/decomposers/bbc/9.mlp_hidden/topk-k4096")   # -> that folder's index/
+    index = build_index("cache/decomposers/gemma-3-270m/bbc/9.mlp_hidden/topk-k4096")   # -> that folder's index/
     feature = FeatureIndex.open(index_dir).feature(17)
 
 Two streaming passes over the store the decomposer was fitted on (`interp.features_stream`) give, per feature:
@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.core import distributed
+from interp.core.checks import check_activations, check_ranges
 from interp.core.device import resolve_device
 from interp.core.io import atomic_save_safetensors, atomic_write_json
 from interp.decompose.base import SOURCE_FILE, read_source
@@ -61,6 +62,13 @@ from interp.store import ActivationStore
 from interp.store.batches import context_batches
 
 FIRE_THRESHOLD = {"snmf": 0.01}  # default fire_threshold by method (others: 0)
+
+
+INDEX_RANGES = {
+    "top_k": ">= 1", "window": ">= 0", "band_samples": ">= 1", "n_bins": ">= 1", "n_logit": ">= 0", "n_similar": ">= 0",
+    "n_neurons": ">= 0", "fire_threshold": ">= 0", "batch_tokens": ">= 1", "max_batch_codes": ">= 1",
+    "max_tokens": ">= 1", "checkpoint_every": ">= 0",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,7 @@ class IndexConfig:
         q = self.band_quantiles
         if not q or q[0] != 0.0 or any(b <= a for a, b in zip(q, q[1:], strict=False)) or q[-1] >= 1:
             raise FeatureIndexError(f"band_quantiles must start at 0.0, increase, and stay below 1; got {q}")
-        if self.top_k < 1 or self.window < 0 or self.band_samples < 1 or self.n_bins < 1:
-            raise FeatureIndexError("top_k, band_samples and n_bins must be >= 1 and window >= 0")
+        check_ranges(self, INDEX_RANGES, FeatureIndexError)
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -161,8 +168,7 @@ def build_index(
     checkpoint = None  # single process only: a distributed build's passes end in collectives
     if config.checkpoint_every > 0 and distributed.world_size() == 1:
         settings = dataclasses.asdict(config)
-        checkpoint = IndexCheckpoint(out, fingerprint(directions, store.path, store.n_tokens, settings),
-                                     config.checkpoint_every)  # fmt: skip
+        checkpoint = IndexCheckpoint(out, fingerprint(directions, store, settings), config.checkpoint_every)
     first, second, threshold, max_value, edges = _run_passes(decomposer, store, checkpoint, config, directions,
                                                              rel, progress)  # fmt: skip
     if rank != 0:  # rank 0 writes the index; the others open it once it is there
@@ -242,6 +248,9 @@ def _run_passes(decomposer, store: ActivationStore, checkpoint: IndexCheckpoint 
                 bar.update(batch.acts.shape[0])
                 continue
             x = batch.acts.to(device, torch.float32)
+            check_activations(
+                x, None, f"activations of {store.path}", FeatureIndexError, first_row=batch.start
+            )
             codes = decomposer.encode(x).detach().float().to(device)
             yield batch, x, codes
             bar.update(x.shape[0])

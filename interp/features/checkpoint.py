@@ -4,8 +4,9 @@ The state of the two passes (`TopPass`, `BandPass`) and how far they got (pass, 
 safetensors file, `.<index name>.partial/state.safetensors` next to the index, replaced atomically every few
 batches. The batches of a store come in a fixed order and the band-sampling keys depend only on the batch, so a
 resumed build skips the batches already done and ends with the index an uninterrupted build gives. A checkpoint
-made for another decomposer, store or config is set aside (the build starts afresh), and the folder is removed
-once the index is written.
+made for other features, another store or other settings is refused, naming the fields that differ
+(`interp.core.fingerprint`); a file cut short by a crash is set aside. The folder is removed once the index is
+written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from interp.core.fingerprint import check_same, make_fingerprint, settings_of, tensor_digest
 from interp.core.io import atomic_save_safetensors
+from interp.features.layout import FeatureIndexError
+from interp.store import ActivationStore
 
 
 @dataclass
@@ -39,14 +43,18 @@ class IndexCheckpoint:
         self.every, self.batches = every, 0
 
     def load(self) -> Saved | None:
-        """The saved state when it belongs to this build; None when there is none (or it is another build's)."""
+        """The saved state of this build; None when there is none. Refuses the checkpoint of another build."""
         if not self.file.exists():
             return None
         try:
             with safe_open(str(self.file), "pt") as f:
                 meta = f.metadata() or {}
-            if meta.get("fingerprint") != self.fingerprint:
-                return None
+        except Exception:  # a file cut short by a crash of the machine: start afresh
+            return None
+        saved = json.loads(meta["fingerprint"]) if "fingerprint" in meta else None
+        check_same(saved, json.loads(self.fingerprint), f"the index checkpoint in {self.folder}",
+                   f"rerun with the same settings, or delete {self.folder} to start afresh", FeatureIndexError)  # fmt: skip
+        try:
             return Saved(int(meta["phase"]), int(meta["rows"]), load_file(str(self.file)))
         except Exception:  # a file cut short by a crash of the machine: start afresh
             return None
@@ -66,13 +74,9 @@ class IndexCheckpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def fingerprint(directions: torch.Tensor, store_path: Path, n_tokens: int, config: dict) -> dict:
-    """What a checkpoint must match to be resumed: the features (a checksum of their directions), the store, the
-    index settings (the device aside)."""
-    d = directions.double()
-    return {
-        "directions": [list(d.shape), float(d.sum()), float(d.abs().sum()), float(d.square().sum())],
-        "store": str(store_path.resolve()),
-        "n_tokens": n_tokens,
-        "config": {k: v for k, v in config.items() if k != "device"},
-    }
+def fingerprint(directions: torch.Tensor, store: ActivationStore, config: dict) -> dict:
+    """What a checkpoint must match to be resumed: the features (a checksum of their directions `[k, d_in]`), the
+    store (path, rows, manifest hash) and the index settings (the device and checkpoint interval aside)."""
+    return make_fingerprint(
+        settings_of(config), {"directions": tensor_digest(directions), **store.fingerprint()}
+    )

@@ -1,7 +1,8 @@
 """The steering evaluation: detection, then a steering sweep over concepts x methods x strengths, resumable.
 
 Output folder:
-- `config.json`: the run's settings (a rerun with other settings into the same folder is refused)
+- `config.json`: the run's settings, written once the inputs are checked (a rerun with settings that change
+  results into the same folder is refused; the device may change)
 - `detection.csv`: held-out AUROC per concept and method (features, difference-in-means, random, probe)
 - `cells.jsonl`: one line per finished grid cell (a rerun skips these: interrupted runs resume)
 - `results.parquet`, `results.csv`, `summary.md`, `score_vs_kl.html`, `concept_vs_fluency.html`
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interp.core.checks import check_ranges
+from interp.core.fingerprint import check_same, free_fields, make_fingerprint, settings_of
 from interp.core.io import atomic_write, atomic_write_json, atomic_write_text
 from interp.decompose.base import load_decomposer
 from interp.models import load_model
@@ -61,6 +64,13 @@ class SteerEvalConfig:
     embedding_judge: bool = True  # use the offline sentence-embedding judge when installed
     llm_judge: bool = False  # also rate with the OpenAI-compatible endpoint of INTERP_JUDGE_URL
 
+    def __post_init__(self) -> None:
+        check_ranges(self, STEER_RANGES, SteerEvalError)
+
+
+STEER_RANGES = {"per_concept": ">= 1", "kl_targets": "> 0", "n_samples": ">= 1", "max_new_tokens": ">= 1",
+                "max_len": ">= 1", "top_k": ">= 1", "top_p": "in (0, 1]"}  # fmt: skip
+
 
 class SteerEvalError(ValueError):
     """Bad steering-eval settings."""
@@ -84,18 +94,19 @@ def _method_names(config: SteerEvalConfig) -> dict[str, str]:
 
 
 def _check_resume(out: Path, config: SteerEvalConfig) -> None:
+    """Refuse to resume a run in `out` made with settings that change results (not the device); writes nothing."""
     saved = out / "config.json"
-    current = json.loads(json.dumps(dataclasses.asdict(config)))
     if saved.exists():
-        previous = json.loads(saved.read_text())
-        if previous != current:
-            changed = sorted(k for k in current if previous.get(k) != current[k])
-            raise SteerEvalError(
-                f"{out} holds a run with other settings ({', '.join(changed)}); pass another --out"
-            )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved, current)
+        previous = settings_of(json.loads(saved.read_text()), ignore=free_fields(config))
+        check_same(make_fingerprint(previous, {}), make_fingerprint(settings_of(config), {}),
+                   f"the steering run in {out}", "rerun with the same settings, or pass another --out",
+                   SteerEvalError)  # fmt: skip
+
+
+def _record_config(out: Path, config: SteerEvalConfig) -> None:
+    """Write the run's config.json, once every input has been checked."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", json.loads(json.dumps(dataclasses.asdict(config))))
 
 
 def _finished_cells(path: Path) -> dict[tuple, dict]:
@@ -126,6 +137,7 @@ def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) ->
     site = parse_site(config.site, model.info.n_layers)
     concepts = _concepts(config)
     decomposers = _decomposers(methods, site, model)
+    _record_config(out, config)  # only now: a run refused above leaves nothing behind
 
     text_acts = text_activations(model, concepts.texts, site, config.max_len)
     detections, directions = detect(concepts, text_acts, decomposers, config.seed)

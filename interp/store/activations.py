@@ -20,8 +20,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from interp.core.fingerprint import check_same, json_digest, make_fingerprint, tensor_digest
 from interp.core.io import atomic_save_safetensors, atomic_write_json
 from interp.store.manifest import CONTEXTS_FILE, DTYPES, MANIFEST, ShardInfo, StoreError, StoreManifest
+
+CAPTURE_SETTINGS = ("model", "site", "d", "dtype", "corpus_fingerprint", "context_len", "drop_bos")
+"""The manifest fields that make a store's rows what they are: a resumed capture must match them all."""
+
+
+def capture_settings(manifest: StoreManifest) -> dict:
+    """The fingerprint of a capture into a store: its settings (`CAPTURE_SETTINGS`) and its data, the packing."""
+    settings = {key: getattr(manifest, key) for key in CAPTURE_SETTINGS}
+    return make_fingerprint(settings, {"corpus": settings.pop("corpus_fingerprint")})
 
 
 class ActivationStore:
@@ -66,13 +76,9 @@ class ActivationStore:
         return store
 
     def _check_matches(self, wanted: StoreManifest) -> None:
-        have = self.manifest
-        for key in ("model", "site", "d", "dtype", "corpus_fingerprint", "context_len", "drop_bos"):
-            if getattr(have, key) != getattr(wanted, key):
-                raise StoreError(
-                    f"the store at {self.path} was captured with {key}={getattr(have, key)!r}, but this run "
-                    f"has {key}={getattr(wanted, key)!r}; use another --out folder, or delete this one"
-                )
+        """A capture appends to this store only with the settings it was started with (its fingerprint)."""
+        check_same(capture_settings(self.manifest), capture_settings(wanted), f"the store at {self.path}",
+                   "capture into another --out folder, or delete this one", StoreError)  # fmt: skip
 
     def _write_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_json())
@@ -105,6 +111,16 @@ class ActivationStore:
 
     def __len__(self) -> int:
         return self.n_tokens
+
+    def fingerprint(self) -> dict:
+        """What a job that reads this store depends on: its path, its rows, a hash of its manifest (the shards'
+        files and sizes, model, site, packing)."""
+        manifest = {k: v for k, v in self.manifest.to_json().items() if k != "interp_version"}
+        return {
+            "store": str(self.path.resolve()),
+            "n_tokens": self.n_tokens,
+            "manifest": json_digest(manifest),
+        }
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -262,6 +278,13 @@ class ActivationStore:
             leftover = buffer[n_full:]
         if leftover.shape[0] and not drop_last:
             yield leftover
+
+
+def data_fingerprint(data: ActivationStore | torch.Tensor) -> dict:
+    """The data part of a checkpoint's fingerprint: a store's `fingerprint()`, or a tensor's checksum."""
+    if isinstance(data, ActivationStore):
+        return data.fingerprint()
+    return {"tensor": tensor_digest(data)}
 
 
 def as_tensor(data: ActivationStore | torch.Tensor) -> torch.Tensor:

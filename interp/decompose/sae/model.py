@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from interp.core import distributed
-from interp.core.checks import check_activations
+from interp.core.checks import check_activations, check_ranges
 from interp.decompose.base import DecomposerError, read_decomposer, save_decomposer
 from interp.decompose.sae.architectures import ARCHITECTURES
 from interp.decompose.sae.sparse import make_selection, selected_pre, sparse_decode, topk_selection
@@ -84,6 +84,7 @@ class SAEConfig:
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
+        check_ranges(self, SAE_RANGES, DecomposerError)
         if self.architecture not in ARCHITECTURES:
             raise DecomposerError(
                 f"unknown SAE architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}"
@@ -112,6 +113,14 @@ class SAEConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr or 2e-4 / math.sqrt(self.n_features / 16384)
+
+
+SAE_RANGES = {
+    "n_features": ">= 1", "l1_coeff": ">= 0", "l1_warmup_steps": ">= 0", "l0_coeff": ">= 0", "bandwidth": "> 0",
+    "initial_threshold": "> 0", "lr": ">= 0", "batch_size": ">= 1", "n_steps": ">= 1", "warmup_steps": ">= 0",
+    "decay_start": "in [0, 1]", "aux_k": ">= 0", "aux_coeff": ">= 0", "dead_tokens": ">= 1",
+    "threshold_momentum": "in [0, 1)", "checkpoint_every": ">= 1",
+}  # fmt: skip
 
 
 class SAEModule(nn.Module):

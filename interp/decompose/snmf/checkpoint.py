@@ -5,7 +5,7 @@ A fit with a checkpoint folder `root` writes, every `checkpoint_every` iteration
 or as .npy files named by iteration when G is memory-mapped: the safetensors file, written last and atomically,
 names the ones that belong to it, so a crash at any point leaves a consistent checkpoint). A single process writes
 into `root`; under torch.distributed rank r of W writes into `root/ranks_W/rank_r`. `root/layout.json`
-({"world_size", "tokens": tokens per rank}) names the set of folders that holds the latest complete checkpoint:
+({"world_size", "tokens": tokens per rank, "fingerprint": the settings and data, checked on resume}) names the set of folders that holds the latest complete checkpoint:
 rank 0 rewrites it only after every rank has written.
 
 A fit resumes from any layout over the same tokens: each rank reads the columns of G it now holds from the folders
@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from interp.core import distributed
+from interp.core.fingerprint import check_same
 from interp.core.io import atomic_save_safetensors, atomic_write_json
 from interp.decompose.base import DecomposerError
 
@@ -52,6 +53,9 @@ class Checkpoints:
                     f"the checkpoint at {root} is a fit of {sum(saved['tokens']):,} tokens, this one has "
                     f"{sum(layout['tokens']):,}: another store? Delete the checkpoint folder to start afresh"
                 )
+            check_same(saved.get("fingerprint"), layout.get("fingerprint", {}), f"the checkpoint at {root}",
+                       "rerun with the same settings (max_iter and the number of processes may change), pass "
+                       "--overwrite or delete the checkpoint folder to start afresh", DecomposerError)  # fmt: skip
         elif layout["world_size"] == 1 and (root / "state.json").exists():
             saved = layout  # written before layouts were recorded: a single process's
         return cls(root, layout, saved)

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from interp.core.checks import check_ranges
+from interp.decompose.base import DecomposerError
 
 INITS = ("random", "svd", "kmeans")
+
+
+SNMF_RANGES = {
+    "n_features": ">= 1", "sparsity": "in (0, 1]", "svd_power_iters": ">= 0", "max_iter": ">= 1", "patience": ">= 1",
+    "tol": ">= 0", "ridge": ">= 0", "eps": "> 0", "hierarchy": ">= 1", "chunk_tokens": ">= 1",
+    "memory_limit_gb": "> 0", "checkpoint_every": ">= 1", "encode_iters": ">= 0",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,24 @@ class SNMFConfig:
     CPUs may round the inputs to bf16) and TF32 on GPUs. P = A^T F and G^T G, from which the loss is computed,
     always run in strict float32, so the reported error is exact either way. False: strict float32 everywhere."""
 
+    RESULT_FREE: ClassVar[tuple[str, ...]] = ("stream", "memory_limit_gb", "g_on_disk", "chunk_tokens")
+    """How the data is held and streamed: the same factorization either way."""
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("max_iter", "encode_iters")
+    """A checkpointed fit goes on with a higher max_iter; encode_iters is used after the fit only."""
+
     def __post_init__(self) -> None:
+        check_ranges(self, SNMF_RANGES, DecomposerError)
+        if self.init not in INITS:
+            raise DecomposerError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if self.hierarchy:
             object.__setattr__(self, "hierarchy", tuple(int(r) for r in self.hierarchy))
+            default = SNMFConfig.__dataclass_fields__["n_features"].default
+            if self.n_features not in (default, self.hierarchy[0]):
+                ranks = ",".join(map(str, self.hierarchy))
+                raise DecomposerError(
+                    f"n_features={self.n_features} (--k) disagrees with hierarchy={ranks}: the features are the "
+                    f"hierarchy's first (finest) rank; pass --k {self.hierarchy[0]}, or leave --k out"
+                )
             object.__setattr__(self, "n_features", self.hierarchy[0])
 
 

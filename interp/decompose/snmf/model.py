@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from interp.core import distributed
 from interp.core.checks import check_activations
 from interp.core.device import resolve_device
+from interp.core.fingerprint import make_fingerprint, settings_of
 from interp.core.io import atomic_write_json
 from interp.decompose.base import DecomposerError, read_decomposer, save_decomposer
 from interp.decompose.snmf.checkpoint import Checkpoints
@@ -50,7 +51,7 @@ from interp.decompose.snmf.ops import (
     transposed,
     winner_take_all,
 )
-from interp.store import ActivationStore
+from interp.store import ActivationStore, data_fingerprint
 
 
 class SNMF:
@@ -130,6 +131,9 @@ class SNMF:
         """Fit on activations `[n_tokens, d_mlp]` (a tensor, or a store streamed shard by shard)."""
         device = resolve_device(self.config.device)
         self._distributed = distributed.world_size() > 1
+        data_print = (
+            data_fingerprint(data) if not self._distributed or isinstance(data, ActivationStore) else {}
+        )
         shards = None
         if self._distributed:
             if self.config.init == "kmeans":
@@ -161,9 +165,10 @@ class SNMF:
 
             ckpt = Path(tempfile.mkdtemp(prefix="snmf-"))
         if ckpt is not None:  # where each rank writes, and the checkpoint to resume from (any former split)
-            ckpt = Checkpoints.open(
-                ckpt, {"world_size": distributed.world_size(), "tokens": sizes.long().tolist()}
-            )
+            settings = {"method": "snmf", **settings_of(self.config, resume=True)}
+            fingerprint = make_fingerprint(settings, {**data_print, "n_tokens": n_total, "d": stream.d})
+            layout = {"world_size": distributed.world_size(), "tokens": sizes.long().tolist()}
+            ckpt = Checkpoints.open(ckpt, {**layout, "fingerprint": fingerprint})
         self.f = self._fit_level(stream, k, ckpt, on_disk, progress and distributed.rank() == 0, level=1)
         self._distributed = False  # the hierarchy factorizes F, which every rank holds whole
         if self.config.hierarchy:
