@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -130,3 +131,32 @@ def test_fit_then_evaluate_snmf_and_saes(tmp_path):
     assert lines[0].split()[:4] == ["decomposer", "site", "n_features", "fvu"]
     assert [line.split()[0] for line in lines[1:]] == list(fits)
     assert "nan" not in result.output
+
+
+def test_a_model_from_a_local_folder_reloads_from_any_directory(tmp_path, monkeypatch):
+    """Stores record a local model by its absolute path, so evaluate, index (no --model) and the browser's live
+    pages reload it from another working directory (the folder's basename alone did not load)."""
+    from interp.models import load_model
+
+    model = load_model("tiny-llama", device="cpu")
+    model.hf.save_pretrained(tmp_path / "m")
+    model.tokenizer.save_pretrained(tmp_path / "m")
+    corpus = write_corpus(tmp_path / "c.txt")
+    monkeypatch.chdir(tmp_path)
+    capture = ["capture", "--model", "m", "--sites", "1.mlp_hidden", "--corpus", str(corpus), "--n-tokens",
+               "300", "--context-len", "32", "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, capture).exit_code == 0
+    store = ActivationStore.open(tmp_path / "run" / "1.mlp_hidden")
+    assert store.manifest.model == str((tmp_path / "m").resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    fit = ["fit", "--method", "snmf", "--store", str(store.path), "--out", str(tmp_path / "snmf"), "--k", "8",
+           "--max-iter", "10", "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, fit).exit_code == 0
+    index = runner.invoke(app, ["index", str(tmp_path / "snmf"), "--device", "cpu"])
+    assert index.exit_code == 0, index.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "snmf"), "--n-contexts", "2", "--device", "cpu"])
+    assert result.exit_code == 0 and "nan" not in result.output.split("\n", 1)[1], result.output
+    again = load_model(store.manifest.model, device="cpu")  # what the browser's live pages do
+    assert torch.equal(again.hf.model.embed_tokens.weight, model.hf.model.embed_tokens.weight)
+    assert again.transformer_lens().cfg.d_model == 64

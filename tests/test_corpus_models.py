@@ -95,7 +95,7 @@ def test_local_folder_round_trip(tmp_path):
     model.hf.save_pretrained(tmp_path / "m")
     model.tokenizer.save_pretrained(tmp_path / "m")
     again = load_model(str(tmp_path / "m"), device="cpu")
-    assert again.info.family == "gemma3" and again.info.name == "m"
+    assert again.info.family == "gemma3" and again.info.name == str((tmp_path / "m").resolve())
     ids = torch.tensor([[1, 70, 80, 90]])
     assert torch.allclose(again.hf(input_ids=ids).logits, model.hf(input_ids=ids).logits)
 
