@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from interp.core.io import atomic_save_safetensors, atomic_write_json
@@ -74,8 +75,26 @@ def load_decomposer(folder: str | Path) -> Decomposer:
     folder = Path(folder)
     if not (folder / CONFIG_FILE).exists():
         raise DecomposerError(f"no decomposer at {folder} (no {CONFIG_FILE}); fit one with `interp fit`")
-    method = json.loads((folder / CONFIG_FILE).read_text()).get("method")
+    method = _read_config(folder).get("method")
     return method_class(method).load(folder)
+
+
+def _damaged(path: Path, reason: str) -> DecomposerError:
+    return DecomposerError(
+        f"the decomposer file {path} is damaged ({reason}); fit the decomposer again into {path.parent} "
+        "(interp fit ... --out <that folder>), or copy an intact folder over it"
+    )
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"not JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, "not a JSON object")
+    return meta
 
 
 def save_decomposer(
@@ -94,8 +113,18 @@ def save_decomposer(
 def read_decomposer(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json contents, tensors) of a saved decomposer."""
     folder = Path(folder)
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    return meta, load_file(str(folder / WEIGHTS_FILE))
+    meta, weights = _read_config(folder), folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise _damaged(weights, "missing")
+    try:
+        return meta, load_file(str(weights))
+    except (
+        SafetensorError,
+        ValueError,
+        RuntimeError,
+        OverflowError,
+    ) as e:  # what a torn or overwritten file raises
+        raise _damaged(weights, f"not a readable safetensors file: {str(e).splitlines()[0][:200]}") from None
 
 
 def write_source(folder: str | Path, store: ActivationStore) -> None:
