@@ -160,3 +160,41 @@ def test_a_model_from_a_local_folder_reloads_from_any_directory(tmp_path, monkey
     again = load_model(store.manifest.model, device="cpu")  # what the browser's live pages do
     assert torch.equal(again.hf.model.embed_tokens.weight, model.hf.model.embed_tokens.weight)
     assert again.transformer_lens().cfg.d_model == 64
+
+
+def test_mistakes_and_interrupts_get_one_clear_line(tmp_path, monkeypatch):
+    import interp.capture
+    from interp.store import StoreManifest
+
+    corpus = write_corpus(tmp_path / "c.txt")
+    capture = ["capture", "--model", "tiny-gpt2", "--corpus", str(corpus), "--n-tokens", "50", "--out",
+               str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+
+    def clear(result, code: int, message: str) -> None:
+        assert result.exit_code == code and message in result.output, result.output
+        assert "Traceback" not in result.output and "nan" not in result.output
+
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    clear(runner.invoke(app, [*capture, "--distributed"]), 2, "--distributed needs torchrun")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Un café crème, s'il vous plaît.\n\nEncore un café.".encode("latin-1"))
+    clear(
+        runner.invoke(app, [*capture[:3], "--corpus", str(latin), *capture[5:]]), 2, "is not UTF-8 text: byte"
+    )
+    empty = ActivationStore.create(tmp_path / "empty", StoreManifest(
+        model="tiny-gpt2", site="0.resid_post", d=64, dtype="float32", corpus_fingerprint="x", context_len=8,
+        drop_bos=True))  # fmt: skip
+    clear(runner.invoke(app, ["summary", str(empty.path)]), 2, "is empty (0 tokens)")
+    clear(runner.invoke(app, ["fit", "--method", "topk", "--store", str(empty.path), "--lr", "-1"]), 2,
+          "--lr must be a positive learning rate, got -1.0")  # fmt: skip
+    unknown = runner.invoke(app, ["fit", "--method", "topk", "--store", str(empty.path), "--set", "foo=1"])
+    clear(unknown, 2, "--set foo=... does not apply to method 'topk'; its settings: ")
+    assert "n_steps" in unknown.output and "lr" in unknown.output
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interp.capture, "capture_corpus", ctrl_c)
+    result = runner.invoke(app, capture)
+    clear(result, 130, "interrupted; rerun the same command to resume")
