@@ -65,7 +65,13 @@ def test_run_picker_and_features_table(monkeypatch, cache):
     token = next(t for t in table["top_tokens"] if t).split(" · ")[0]
     at.text_input(key="search").input(token).run()
     shown = at.dataframe[0].value
-    assert 0 < len(shown) <= 32 and shown["top_tokens"].str.contains(token, regex=False).all() | True
+
+    def hits(frame):  # the rows whose top tokens, example text or promoted tokens contain the query
+        columns = ("top_tokens", "top_text", "promoted")
+        return sum(frame[c].str.contains(token, case=False, regex=False) for c in columns) > 0
+
+    assert shown["top_tokens"].str.contains(token, regex=False).any() and hits(shown).all()
+    assert sorted(shown["feature"]) == sorted(table["feature"][hits(table)]) and len(table) == 32
     at.text_input(key="search").input("no such text anywhere").run()
     assert "0 of 32 features" in texts(at)
     at.text_input(key="search").input("").run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -130,3 +131,70 @@ def test_fit_then_evaluate_snmf_and_saes(tmp_path):
     assert lines[0].split()[:4] == ["decomposer", "site", "n_features", "fvu"]
     assert [line.split()[0] for line in lines[1:]] == list(fits)
     assert "nan" not in result.output
+
+
+def test_a_model_from_a_local_folder_reloads_from_any_directory(tmp_path, monkeypatch):
+    """Stores record a local model by its absolute path, so evaluate, index (no --model) and the browser's live
+    pages reload it from another working directory (the folder's basename alone did not load)."""
+    from interp.models import load_model
+
+    model = load_model("tiny-llama", device="cpu")
+    model.hf.save_pretrained(tmp_path / "m")
+    model.tokenizer.save_pretrained(tmp_path / "m")
+    corpus = write_corpus(tmp_path / "c.txt")
+    monkeypatch.chdir(tmp_path)
+    capture = ["capture", "--model", "m", "--sites", "1.mlp_hidden", "--corpus", str(corpus), "--n-tokens",
+               "300", "--context-len", "32", "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, capture).exit_code == 0
+    store = ActivationStore.open(tmp_path / "run" / "1.mlp_hidden")
+    assert store.manifest.model == str((tmp_path / "m").resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    fit = ["fit", "--method", "snmf", "--store", str(store.path), "--out", str(tmp_path / "snmf"), "--k", "8",
+           "--max-iter", "10", "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, fit).exit_code == 0
+    index = runner.invoke(app, ["index", str(tmp_path / "snmf"), "--device", "cpu"])
+    assert index.exit_code == 0, index.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "snmf"), "--n-contexts", "2", "--device", "cpu"])
+    assert result.exit_code == 0 and "nan" not in result.output.split("\n", 1)[1], result.output
+    again = load_model(store.manifest.model, device="cpu")  # what the browser's live pages do
+    assert torch.equal(again.hf.model.embed_tokens.weight, model.hf.model.embed_tokens.weight)
+    assert again.transformer_lens().cfg.d_model == 64
+
+
+def test_mistakes_and_interrupts_get_one_clear_line(tmp_path, monkeypatch):
+    import interp.capture
+    from interp.store import StoreManifest
+
+    corpus = write_corpus(tmp_path / "c.txt")
+    capture = ["capture", "--model", "tiny-gpt2", "--corpus", str(corpus), "--n-tokens", "50", "--out",
+               str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+
+    def clear(result, code: int, message: str) -> None:
+        assert result.exit_code == code and message in result.output, result.output
+        assert "Traceback" not in result.output and "nan" not in result.output
+
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    clear(runner.invoke(app, [*capture, "--distributed"]), 2, "--distributed needs torchrun")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Un café crème, s'il vous plaît.\n\nEncore un café.".encode("latin-1"))
+    clear(
+        runner.invoke(app, [*capture[:3], "--corpus", str(latin), *capture[5:]]), 2, "is not UTF-8 text: byte"
+    )
+    empty = ActivationStore.create(tmp_path / "empty", StoreManifest(
+        model="tiny-gpt2", site="0.resid_post", d=64, dtype="float32", corpus_fingerprint="x", context_len=8,
+        drop_bos=True))  # fmt: skip
+    clear(runner.invoke(app, ["summary", str(empty.path)]), 2, "is empty (0 tokens)")
+    clear(runner.invoke(app, ["fit", "--method", "topk", "--store", str(empty.path), "--lr", "-1"]), 2,
+          "--lr must be a positive learning rate, got -1.0")  # fmt: skip
+    unknown = runner.invoke(app, ["fit", "--method", "topk", "--store", str(empty.path), "--set", "foo=1"])
+    clear(unknown, 2, "--set foo=... does not apply to method 'topk'; its settings: ")
+    assert "n_steps" in unknown.output and "lr" in unknown.output
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interp.capture, "capture_corpus", ctrl_c)
+    result = runner.invoke(app, capture)
+    clear(result, 130, "interrupted; rerun the same command to resume")

@@ -95,7 +95,7 @@ def test_local_folder_round_trip(tmp_path):
     model.hf.save_pretrained(tmp_path / "m")
     model.tokenizer.save_pretrained(tmp_path / "m")
     again = load_model(str(tmp_path / "m"), device="cpu")
-    assert again.info.family == "gemma3" and again.info.name == "m"
+    assert again.info.family == "gemma3" and again.info.name == str((tmp_path / "m").resolve())
     ids = torch.tensor([[1, 70, 80, 90]])
     assert torch.allclose(again.hf(input_ids=ids).logits, model.hf(input_ids=ids).logits)
 
@@ -107,3 +107,29 @@ def test_unknown_model_names_the_fix(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(ModelError, match="does not exist"):
         load_model(str(tmp_path / "x.gguf"))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_folder_without_tokenizer_files_is_refused(tmp_path, family):
+    """config.json and weights but no tokenizer: transformers builds an empty GPT-2 tokenizer (every token <unk>)
+    or fails with a SentencePiece message; both are refused, naming the folder and the fix."""
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    model = load_model(f"tiny-{family}", device="cpu")
+    model.hf.save_pretrained(tmp_path / "m")
+    with pytest.raises(ModelError, match="has no usable tokenizer.*tokenizer.json.*save_pretrained"):
+        load_model(str(tmp_path / "m"), device="cpu")
+    (tmp_path / "m" / "vocab.json").write_text("{}")  # a tokenizer file that builds an empty vocabulary
+    (tmp_path / "m" / "merges.txt").write_text("")
+    with pytest.raises(
+        ModelError, match="has no usable tokenizer: (its tokenizer turns|transformers cannot)"
+    ):
+        load_model(str(tmp_path / "m"), device="cpu")
+    text = tmp_path / "t.txt"
+    text.write_text("some text to capture " * 20)
+    out = CliRunner().invoke(app, ["capture", "--model", str(tmp_path / "m"), "--corpus", str(text),
+                                   "--sites", "0.resid_post", "--n-tokens", "64", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert out.exit_code == 2 and "no usable tokenizer" in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "run" / "0.resid_post").exists()

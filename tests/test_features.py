@@ -329,6 +329,24 @@ def test_bad_input_is_explained(toy_cache, toy_model, tmp_path):
     assert [r["error"] != "" for r in rows] == [True] and "rebuild" in rows[0]["error"]
 
 
+def test_a_store_of_another_site_or_model_is_refused(toy_cache, toy_model, tmp_path):
+    """Same width, other site (or model) than the decomposer's source.json: refused like another width."""
+    import shutil
+
+    folder = toy_cache / "decomposers" / "toy" / SITE / "topk-k32"
+    for field, value in (("site", "0.mlp_hidden"), ("model", "tiny-gemma2")):
+        other = tmp_path / field
+        shutil.copytree(store_of(toy_cache).path, other)
+        manifest = json.loads((other / "manifest.json").read_text())
+        manifest[field] = value
+        (other / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(
+            FeatureIndexError, match=f"fitted on {field} .* holds {field} {value}; index it over"
+        ):
+            build_index(folder, other, tmp_path / f"i-{field}", model=toy_model, progress=False)
+        assert not (tmp_path / f"i-{field}").exists()
+
+
 # ------------------------------------------------------------------------------------------------ CLI, live
 def test_index_command(toy_cache, tmp_path):
     import typer

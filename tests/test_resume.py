@@ -128,10 +128,14 @@ def test_sae_training_names_the_store_row_of_a_nan_past_the_first_rows(tmp_path)
     x[5000, 3] = float("nan")
     store = make_store(tmp_path / "s", x, rows=1000)
     config = SAEConfig(**{**SAE_BASE, "batch_size": 500, "n_steps": 40})
-    with pytest.raises(DecomposerError, match=r"store at .* contain NaN or inf \(rows \[5000\], met in batch"):
+    with pytest.raises(
+        DecomposerError, match=r"store at .* contain NaN or inf \(rows \[5000\], met in batch"
+    ):
         SAE(config).fit(store, progress=False)
     with pytest.raises(DecomposerError, match=r"NaN or inf \(rows \[5000\]"):  # a tensor is checked whole
-        MPSAE(MPSAEConfig(n_features=32, k=3, batch_size=500, n_steps=40, device="cpu")).fit(x, progress=False)
+        MPSAE(MPSAEConfig(n_features=32, k=3, batch_size=500, n_steps=40, device="cpu")).fit(
+            x, progress=False
+        )
 
 
 def test_the_index_names_the_store_row_of_a_nan(tmp_path, tiny_llama):

@@ -70,16 +70,30 @@ def test_project_out_and_clamp(tiny_llama):
     assert torch.allclose(edited.reshape(-1, 64), expected, atol=1e-5)
 
 
+def plain_logits(model, ids: torch.Tensor, backend: str) -> torch.Tensor:
+    """Logits of `ids` from the backend's own model (the HF modules, the HookedTransformer, an nnsight trace)."""
+    if backend == "transformer_lens":
+        return model.transformer_lens()(ids)
+    if backend == "nnsight":
+        with torch.no_grad(), model.nnsight().trace(ids, use_cache=False):
+            out = model.nnsight().output.logits.save()
+        return out
+    return model.hf(input_ids=ids).logits
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_removing_an_intervention_restores_the_model_exactly(tiny, backend):
+    """Before / inside / after, each read from the backend's own model (not the HF model for every backend)."""
     ids = tokens()
-    before = steered_logits(tiny, ids, "1.mlp_out", None)
+    before = plain_logits(tiny, ids, backend)
     edit = AddDirection(torch.randn(64), 5.0)
     steered = steered_logits(tiny, ids, "1.mlp_out", edit, backend=backend)
     assert not torch.allclose(steered, before)
-    with pytest.raises(RuntimeError), intervene(tiny, "1.mlp_out", edit, backend="torch"):
+    with intervene(tiny, "1.mlp_out", edit, backend=backend):
+        assert torch.allclose(plain_logits(tiny, ids, backend), steered, atol=1e-5)
+    with pytest.raises(RuntimeError), intervene(tiny, "1.mlp_out", edit, backend=backend):
         raise RuntimeError("interrupted mid-forward")
-    assert torch.equal(steered_logits(tiny, ids, "1.mlp_out", None), before)
+    assert torch.equal(plain_logits(tiny, ids, backend), before)
 
 
 @pytest.mark.parametrize("site", ["1.mlp_hidden", "0.resid_post", "1.resid_pre", "1.mlp_out"])
@@ -106,10 +120,16 @@ def test_generation_positions_and_backends(tiny_llama):
         if positions == "generated":  # the first new token comes from the prompt pass, which is untouched
             assert torch.equal(outs["torch"][:, 5], plain[:, 5])
         assert not torch.equal(outs["torch"], plain)
-    prompt_only = generate(
-        tiny_llama, prompt, "0.resid_post", AddDirection(direction, 5.0, "prompt"), max_new_tokens=6
-    )
-    assert prompt_only.shape == plain.shape
+    # "prompt": the first new token is the argmax of the steered prompt pass; later steps run unedited, which
+    # TransformerLens (full passes, prompt positions edited again) and the cached HF / nnsight steps must agree on
+    prompt_edit = AddDirection(direction, 5.0, "prompt")
+    prompt_only = {b: generate(tiny_llama, prompt, "0.resid_post", prompt_edit, max_new_tokens=6, backend=b)
+                   for b in BACKENDS}  # fmt: skip
+    first = steered_logits(tiny_llama, prompt, "0.resid_post", AddDirection(direction, 5.0))[:, -1].argmax(-1)
+    assert torch.equal(prompt_only["torch"][:, 5], first)
+    assert not torch.equal(prompt_only["torch"], outs["torch"])  # outs: positions="generated"
+    for backend in BACKENDS:
+        assert torch.equal(prompt_only[backend], prompt_only["torch"]), backend
 
 
 def test_bad_interventions(tiny_llama):
@@ -123,6 +143,17 @@ def test_bad_interventions(tiny_llama):
         steered_logits(tiny_llama, tokens(), "0.resid_post", AddDirection(torch.randn(64), 1.0, "middle"))
 
 
+def kl_by_hand(model, prompts: Prompts, site, direction: torch.Tensor, alpha: float) -> float:
+    """Mean KL(clean || steered) of the next token, one unpadded prompt at a time (not through kl_function)."""
+    kls = []
+    for row, length in zip(prompts.tokens, prompts.lengths.tolist(), strict=True):
+        ids = row[None, :length]
+        clean = steered_logits(model, ids, site, None)[0, -1].log_softmax(-1)
+        steered = steered_logits(model, ids, site, AddDirection(direction, alpha))[0, -1].log_softmax(-1)
+        kls.append(float((clean.exp() * (clean - steered)).sum()))
+    return sum(kls) / len(kls)
+
+
 def test_kl_bisection_hits_its_target_and_reports_misses(tiny_llama):
     prompts = Prompts.build(tiny_llama, NEUTRAL_PROMPTS)
     site = parse_site("1.resid_post")
@@ -131,7 +162,7 @@ def test_kl_bisection_hits_its_target_and_reports_misses(tiny_llama):
     for target in (0.002, 0.01):
         calib = alpha_for_kl(kl_at, target, start=1.0)
         assert calib.reached and abs(calib.kl - target) <= 0.1 * target
-        assert abs(kl_at(calib.alpha) - target) <= 0.1 * target
+        assert abs(kl_by_hand(tiny_llama, prompts, site, direction, calib.alpha) - target) <= 0.1 * target
     miss = alpha_for_kl(kl_at, 1e6, start=1.0, max_doublings=4)
     assert not miss.reached and miss.kl < 1e6
 

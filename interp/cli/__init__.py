@@ -6,6 +6,7 @@ import typer
 
 from interp.cli.browse import browse_cmd
 from interp.cli.capture import capture_cmd, models_cmd, summary_cmd
+from interp.cli.common import interruptible
 from interp.cli.demo import demo_cmd
 from interp.cli.evaluate import evaluate_cmd
 from interp.cli.fit import fit_cmd
@@ -22,7 +23,7 @@ COMMANDS = {
     "demo": demo_cmd, "import": import_cmd,
 }  # fmt: skip
 for name, command in COMMANDS.items():
-    app.command(name)(command)
+    app.command(name)(interruptible(command))
 
 
 def main() -> None:  # pragma: no cover

@@ -75,7 +75,14 @@ def summary_cmd(stores: Annotated[list[Path], typer.Argument(help="store folders
     from interp.store import ActivationStore
 
     try:
-        print_summary([ActivationStore.open(p) for p in stores])
+        opened = [ActivationStore.open(p) for p in stores]
+        for store in opened:
+            if store.n_tokens == 0:
+                raise ValueError(
+                    f"the store at {store.path} is empty (0 tokens): nothing to summarize; capture into it first "
+                    "(interp capture ... --out <its run folder>)"
+                )
+        print_summary(opened)
     except USER_ERRORS as e:
         fail(e)
 

@@ -4,9 +4,11 @@ the offline policy, printing on rank 0, and the one `--set name=value` parser, t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Union
 
 import typer
@@ -19,6 +21,25 @@ def fail(error: Exception) -> None:
     """Print `error` for a person and exit with status 2."""
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` that answers Ctrl-C with one line saying how to resume, and exit status 130 (no traceback).
+
+    Every long job (capture, fit, index, steer-eval) keeps what it finished, so the same command resumes it."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.secho("interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(INTERRUPTED) from None
+
+    return wrapper
 
 
 def offline_by_default(env: dict[str, str] | None = None) -> dict[str, str]:

@@ -29,14 +29,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+class DistributedError(ValueError):
+    """--distributed asked for outside a launcher, or a launcher without --distributed."""
+
+
 def init_from_env(device: str = "auto") -> str:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, ...): nccl on GPUs, gloo on CPU.
 
     Returns the device this rank should use ('cuda:LOCAL_RANK' on GPUs).
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise RuntimeError(
-            "--distributed needs torchrun: torchrun --nproc-per-node N -m interp ... --distributed"
+        raise DistributedError(
+            "--distributed needs torchrun (RANK and WORLD_SIZE are not set): run "
+            "torchrun --nproc-per-node N -m interp ... --distributed, or drop --distributed"
         )
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if not is_distributed():
@@ -124,7 +129,7 @@ def start(requested: bool, device: str | None) -> str | None:
     if requested:
         return init_from_env(device or "auto")
     if requested_by_env():
-        raise ValueError(
+        raise DistributedError(
             f"this runs under torchrun with WORLD_SIZE={os.environ['WORLD_SIZE']} but without --distributed, so "
             "every process would do the whole job; add --distributed"
         )

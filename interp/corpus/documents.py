@@ -53,6 +53,18 @@ def bbc_documents(seed: int = 0) -> list[Document]:
     return docs
 
 
+def _check_utf8(path: Path, data: bytes) -> None:
+    """Refuse a text file that is not UTF-8, naming the first bad byte and how to convert the file."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = data[e.start : e.start + 4]
+        raise CorpusError(
+            f"{path} is not UTF-8 text: byte {e.start} ({bad!r}) cannot be decoded; convert the file to UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}"
+        ) from None
+
+
 def dataset_documents(
     path_or_name: str, text_column: str = "text", label_column: str = "label"
 ) -> list[Document]:
@@ -65,8 +77,11 @@ def dataset_documents(
         builder = builders.get(path.suffix.lower())
         if builder is None:
             raise CorpusError(f"cannot read {path}: use a .txt, .jsonl, .json, .parquet or .csv file")
-        if not path.read_bytes().strip():
+        data = path.read_bytes()
+        if not data.strip():
             raise CorpusError(f"{path} is empty; it holds no text")
+        if builder != "parquet":
+            _check_utf8(path, data)
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)

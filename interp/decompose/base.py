@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from interp.core.io import atomic_save_safetensors, atomic_write_json
@@ -77,7 +78,7 @@ def load_decomposer(folder: str | Path) -> Decomposer:
     """Load any saved decomposer; its config.json says which method it is. A folder of another library (SAELens,
     sparsify, dictionary_learning, Gemma Scope's params.npz) is read directly, as `interp import` would convert it."""
     folder = Path(folder)
-    meta = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
+    meta = _read_config(folder) if (folder / CONFIG_FILE).is_file() else {}
     if "method" in meta:
         return method_class(meta["method"]).load(folder)
     module, name = FOREIGN_READER.split(":")
@@ -88,6 +89,24 @@ def load_decomposer(folder: str | Path) -> Decomposer:
         f"no decomposer at {folder} (no interp {CONFIG_FILE}, nor a SAELens, sparsify, dictionary_learning or "
         "Gemma Scope dictionary); fit one with `interp fit` or convert one with `interp import`"
     )
+
+
+def _damaged(path: Path, reason: str) -> DecomposerError:
+    return DecomposerError(
+        f"the decomposer file {path} is damaged ({reason}); fit the decomposer again into {path.parent} "
+        "(interp fit ... --out <that folder>), or copy an intact folder over it"
+    )
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"not JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, "not a JSON object")
+    return meta
 
 
 def save_decomposer(
@@ -106,8 +125,18 @@ def save_decomposer(
 def read_decomposer(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json contents, tensors) of a saved decomposer."""
     folder = Path(folder)
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    return meta, load_file(str(folder / WEIGHTS_FILE))
+    meta, weights = _read_config(folder), folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise _damaged(weights, "missing")
+    try:
+        return meta, load_file(str(weights))
+    except (
+        SafetensorError,
+        ValueError,
+        RuntimeError,
+        OverflowError,
+    ) as e:  # what a torn or overwritten file raises
+        raise _damaged(weights, f"not a readable safetensors file: {str(e).splitlines()[0][:200]}") from None
 
 
 def write_source(folder: str | Path, store: ActivationStore, fingerprint: dict | None = None) -> None:

@@ -225,7 +225,20 @@ def _open_inputs(decomposer: Any, store, out) -> tuple[Any, Path | None, Activat
             f"the decomposer has d_in={decomposer.d_in} but the store {store.path} (site {store.site}) has "
             f"d={store.d}; index it on the store it was fitted on"
         )
+    _check_fitted_on(read_source(folder) if folder is not None else None, store)
     return decomposer, folder, store, Path(out)
+
+
+def _check_fitted_on(source: dict | None, store: ActivationStore) -> None:
+    """Refuse a store of another site or model than the decomposer's source.json names (same width or not)."""
+    for what, fitted, given in (("site", (source or {}).get("site"), store.site),
+                                ("model", (source or {}).get("model"), store.manifest.model)):  # fmt: skip
+        if fitted and fitted != given:
+            raise FeatureIndexError(
+                f"the decomposer was fitted on {what} {fitted} (store {source['store']}) but the store "
+                f"{store.path} holds {what} {given}; index it over a store of {fitted} (omit --store to use the "
+                "one it was fitted on)"
+            )
 
 
 def _run_passes(decomposer, store: ActivationStore, checkpoint: IndexCheckpoint | None, config: IndexConfig,

@@ -49,6 +49,14 @@ class ProjectOut:
         return acts - (acts @ unit)[..., None] * unit
 
 
+def as_decomposer_input(decomposer: Any, acts: torch.Tensor) -> torch.Tensor:
+    """`acts [..., d]` flattened to `[n, d]`, on the device and in the dtype of the decomposer's directions (the
+    edit's result goes back to the device and dtype of `acts`)."""
+    held = decomposer.directions
+    dtype = held.dtype if held.is_floating_point() else torch.float32
+    return acts.reshape(-1, acts.shape[-1]).to(held.device, dtype)
+
+
 @dataclass(frozen=True, eq=False)
 class ClampLatent:
     decomposer: Any  # any interp Decomposer
@@ -61,12 +69,11 @@ class ClampLatent:
         return self.decomposer.directions[self.latent]
 
     def __call__(self, acts: torch.Tensor) -> torch.Tensor:
-        flat = acts.reshape(-1, acts.shape[-1]).float()
-        codes = self.decomposer.encode(flat)
+        codes = self.decomposer.encode(as_decomposer_input(self.decomposer, acts))
         clamped = codes.clone()
         clamped[:, self.latent] = self.value
         delta = self.decomposer.decode(clamped) - self.decomposer.decode(codes)
-        return acts + delta.view_as(acts).to(acts.dtype)
+        return acts + delta.reshape(acts.shape).to(acts.device, acts.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,8 +84,9 @@ class Reconstruct:
     positions: str = "all"
 
     def __call__(self, acts: torch.Tensor) -> torch.Tensor:
-        flat = acts.reshape(-1, acts.shape[-1]).float()
-        return self.decomposer.decode(self.decomposer.encode(flat)).view_as(acts).to(acts.dtype)
+        flat = as_decomposer_input(self.decomposer, acts)
+        out = self.decomposer.decode(self.decomposer.encode(flat))
+        return out.reshape(acts.shape).to(acts.device, acts.dtype)
 
 
 @dataclass(frozen=True, eq=False)

@@ -53,7 +53,8 @@ def _site(model: LoadedModel, site: str | Site) -> Site:
 def intervene(
     model: LoadedModel, site: str | Site, edit: Edit, prompt_len: int | None = None, backend: str = "torch"
 ) -> Iterator[None]:
-    """Apply `edit` at `site` to every forward pass run while the context is open (torch or transformer_lens).
+    """Apply `edit` at `site` to every forward pass run while the context is open: of `model.hf` and nnsight
+    traces for backend torch or nnsight, of `model.transformer_lens()` for transformer_lens.
 
     Hooks are removed on exit, whatever happens, so the model is restored exactly.
     """

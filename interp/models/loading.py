@@ -28,7 +28,7 @@ DEFAULT_MODEL = "gemma-3-270m"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    name: str
+    name: str  # what load_model reloads it from: a built-in or hub name, or a local folder's absolute path
     family: str  # key of sites.FAMILIES: gpt2 | llama | gemma2 | gemma3
     n_layers: int
     d_model: int
@@ -121,8 +121,16 @@ def load_model(
         hf_model, tokenizer = _load_path_or_hub(name_or_path, dtype)
     hf_model = hf_model.to(resolve_device(device)).eval()
     hf_model.requires_grad_(False)
-    name = name_or_path if source is not None else Path(name_or_path).name.removesuffix(".gguf")
-    return LoadedModel(hf_model, tokenizer, describe(hf_model, name))
+    return LoadedModel(hf_model, tokenizer, describe(hf_model, reload_name(name_or_path)))
+
+
+def reload_name(name_or_path: str) -> str:
+    """What `load_model` reloads this model from, whatever the working directory: a built-in or hub name as
+    given, a local folder or .gguf file as its absolute path (stores and indexes record it as the model)."""
+    if name_or_path in MODEL_SOURCES:
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
 
 
 def _load_path_or_hub(name_or_path: str, dtype: torch.dtype) -> tuple[Any, Any]:

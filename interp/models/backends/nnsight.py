@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from interp.models.backends import torch_hooks
 from interp.models.edits import PositionTracker, first_tensor, replace_first
 from interp.models.loading import LoadedModel
 from interp.models.sites import Site, get_module, module_path
@@ -26,6 +29,17 @@ def run(model: LoadedModel, tokens: torch.Tensor, sites: list[Site]) -> dict[Sit
             saved[site] = (envoy.input if which == "input" else envoy.output).save()
         tracer.stop()
     return {site: first_tensor(value).detach() for site, value in saved.items()}
+
+
+@contextmanager
+def edit_hook(model: LoadedModel, site: Site, tracker: PositionTracker) -> Iterator[None]:
+    """Apply `tracker` at `site` while the context is open, in plain forward passes and in nnsight traces alike.
+
+    nnsight's interventions live inside one trace; its LanguageModel wraps the very modules of `model.hf`, so a
+    hook on that module outlives a trace and applies inside every trace too (the edit comes before the trace's
+    own reads and writes at the site)."""
+    with torch_hooks.edit_hook(model, site, tracker):
+        yield
 
 
 def _apply(envoy: Any, which: str, tracker: PositionTracker) -> None:

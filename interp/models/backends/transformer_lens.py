@@ -43,9 +43,32 @@ def logits(model: LoadedModel, tokens: torch.Tensor, site: Site, tracker: Positi
 
 def generate(model: LoadedModel, prompts: torch.Tensor, site: Site, tracker: PositionTracker,
              options: dict[str, Any]) -> torch.Tensor:  # fmt: skip
-    """TransformerLens `generate` with `tracker` applied at `site` (the HF keyword arguments translated)."""
-    tl_options = {"max_new_tokens": options["max_new_tokens"], "do_sample": options["do_sample"],
-                  "verbose": False, "stop_at_eos": False}  # fmt: skip
-    tl_options |= {k: v for k, v in options.items() if k in ("top_k", "top_p", "temperature")}
+    """Token ids `[batch, prompt_len + max_new_tokens]` from `prompts [batch, prompt_len]`, `tracker` applied at
+    `site` on every step. A loop of full forward passes under `options["attention_mask"]` (TransformerLens'
+    own `generate` rebuilds the mask from pad tokens, so left-padded prompts came out wrong); greedy unless
+    `do_sample`, then HF's temperature, top_k and top_p."""
+    tl = model.transformer_lens()
+    tokens, mask = prompts, options["attention_mask"].to(prompts.device, torch.long)
     with torch.no_grad(), edit_hook(model, site, tracker):
-        return model.transformer_lens().generate(prompts, **tl_options)
+        for _ in range(options["max_new_tokens"]):
+            last = tl(tokens, attention_mask=mask)[:, -1].float()  # [batch, vocab]
+            new = sample_next(last, options) if options.get("do_sample") else last.argmax(-1)
+            tokens = torch.cat([tokens, new[:, None].to(tokens.dtype)], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return tokens
+
+
+def sample_next(logits: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+    """One sampled token id per row of `logits [batch, vocab]`: temperature, then top_k, then top_p (HF order)."""
+    logits = logits / options.get("temperature", 1.0)
+    top_k = options.get("top_k")
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    top_p = options.get("top_p")
+    if top_p is not None and top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # mass of the tokens ranked above
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before > top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1)[:, 0]
