@@ -172,27 +172,33 @@ class SyntheticModel:
 
     # ------------------------------------------------------------------------------------ sampling
     def sample_codes(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """True codes `[n, n_features]` (>= 0) drawn with generator `gen` (on this model's device)."""
+        """True codes `[n, n_features]` (>= 0) drawn with generator `gen` (on this model's device).
+
+        Which features fire is decided first (copula, then the hierarchy level by level on the booleans); the
+        magnitudes are drawn only for the features that fire, and children are then scaled by their parents."""
         cfg = self.config
         rank = self.corr_factor.shape[1]
-        z = torch.randn(n, rank, generator=gen, device=self.device) @ self.corr_factor.T
-        z += torch.randn(n, cfg.n_features, generator=gen, device=self.device) * self.corr_diag.sqrt()
-        fires = z > self.threshold
-        rows, cols = fires.nonzero(as_tuple=True)  # magnitudes drawn only where a feature fires
+        z = torch.randn(n, cfg.n_features, generator=gen, device=self.device) * self.corr_diag.sqrt()
+        z += torch.randn(n, rank, generator=gen, device=self.device) @ self.corr_factor.T
+        fires = z > self.threshold  # [n, n_features]
+        b = cfg.branching
+        for parents, children in self.level_slices():
+            child = fires[:, children] & fires[:, parents].repeat_interleave(b, dim=1)
+            if cfg.mutually_exclusive:  # keep one firing sibling, chosen at random
+                groups = child.view(n, -1, b)
+                score = torch.rand(groups.shape, generator=gen, device=self.device) * groups
+                pick = torch.zeros_like(groups).scatter_(2, score.argmax(2, keepdim=True), True)
+                child = (groups & pick).view(n, -1)
+            fires[:, children] = child
+        rows, cols = fires.nonzero(as_tuple=True)
         noise = torch.randn(rows.numel(), generator=gen, device=self.device) * self.std_magnitude[cols]
         codes = torch.zeros(n, cfg.n_features, device=self.device)
         codes[rows, cols] = (self.mean_magnitude[cols] + noise).clamp_min(0)
-        b = cfg.branching
-        for parents, children in self.level_slices():
-            parent_vals = codes[:, parents].repeat_interleave(b, dim=1)  # [n, n_children]
-            mean = self.mean_magnitude[parents].repeat_interleave(b)
-            child = codes[:, children] * (parent_vals / mean) * (parent_vals > 0)
-            if cfg.mutually_exclusive:  # keep one active sibling at random
-                groups = child.view(n, -1, b)
-                score = torch.rand(groups.shape, generator=gen, device=self.device) * (groups > 0)
-                keep = torch.zeros_like(groups).scatter_(2, score.argmax(2, keepdim=True), 1.0)
-                child = (groups * keep).view(n, -1)
-            codes[:, children] = child
+        for _, children in self.level_slices():  # parents first: their values are final when children read them
+            sel = (cols >= children.start) & (cols < children.stop)
+            r, c = rows[sel], cols[sel]
+            p = self.parent[c]
+            codes[r, c] *= codes[r, p] / self.mean_magnitude[p]
         return codes
 
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
