@@ -23,12 +23,23 @@ def _preset(name: str, overrides: dict[str, str]):
     import typing
 
     from interp.cli.common import coerce
+    from interp.decompose import METHODS, method_class
     from interp.evaluate.bench import PRESETS
 
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
     preset = PRESETS[name]
     for key, text in overrides.items():
+        method, _, option = key.partition(".")
+        if method in METHODS:  # a method's own setting, e.g. relu.l1_coeff=8
+            hints = typing.get_type_hints(method_class(method).config_class)
+            if option not in hints:
+                raise ValueError(f"--set {key}: {method} has no setting {option!r}; its settings: "
+                                 f"{', '.join(sorted(hints))}")  # fmt: skip
+            options = {**preset.method_options, method: {**preset.method_options.get(method, {}),
+                                                         option: coerce(text, hints[option])}}  # fmt: skip
+            preset = dataclasses.replace(preset, method_options=options)
+            continue
         target = preset.data if key.startswith("data.") else preset
         field = key.removeprefix("data.")
         hints = typing.get_type_hints(type(target))
@@ -47,11 +58,20 @@ def _preset(name: str, overrides: dict[str, str]):
 @bench_app.command("synthetic")
 def synthetic_cmd(
     out: Annotated[Path, typer.Option(help="output folder (rerun the same command to resume)")],
-    preset: Annotated[str, typer.Option(help="tiny | cpu (minutes on 2 cores) | gpu (SynthSAEBench-16k)")] = "cpu",
+    preset: Annotated[
+        str, typer.Option(help="tiny | cpu (minutes on 2 cores) | gpu (SynthSAEBench-16k)")
+    ] = "cpu",
     methods: Annotated[str, typer.Option(help="comma-separated methods")] = ALL_METHODS,
-    variants: Annotated[str, typer.Option(help="dense | sparse (features on 1% of dims), comma-separated")] = "dense",
+    variants: Annotated[
+        str, typer.Option(help="dense | sparse (features on 1% of dims), comma-separated")
+    ] = "dense",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="preset field: name=value (data.NAME too)")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="preset field name=value; data.NAME=value, METHOD.NAME=value (e.g. relu.l1_coeff=8)"
+        ),
+    ] = None,
 ) -> None:
     """Train every method on the same synthetic activations at matched L0; score them against the true features."""
     from interp.evaluate.bench import run_synthetic_bench
@@ -75,15 +95,20 @@ def store_cmd(
     store: Annotated[Path | None, typer.Option(help="store (default: the one each was fitted on)")] = None,
     max_tokens: Annotated[int, typer.Option(help="tokens for the reconstruction metrics")] = 20_000,
     n_contexts: Annotated[int, typer.Option(help="contexts for spliced CE / KL (0: skip)")] = 16,
-    probe: Annotated[str, typer.Option(help="labelled set for sparse probing: bbc | sentiment | a .csv/.jsonl "
-                                            "with text, label ('' to skip)")] = "bbc",
+    probe: Annotated[
+        str,
+        typer.Option(
+            help="labelled set for sparse probing: bbc | sentiment | a .csv/.jsonl "
+            "with text, label ('' to skip)"
+        ),
+    ] = "bbc",
     n_texts: Annotated[int, typer.Option(help="texts of the probing set used (train + held out)")] = 400,
     device: str = "auto",
 ) -> None:
     """Core metrics (FVU, L0, dead, alive, shrinkage, CE / KL scores) and sparse probing of real decomposers."""
     from interp.cli.probe_data import probing_texts
-    from interp.evaluate.store_bench import run_store_bench
     from interp.evaluate.report import markdown_table
+    from interp.evaluate.store_bench import run_store_bench
 
     offline_by_default()
     try:

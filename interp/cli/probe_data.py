@@ -22,7 +22,9 @@ def probing_texts(source: str, n_texts: int, seed: int = 0):
         if not any(d.label for d in docs):
             raise ValueError(f"{source} needs columns 'text' and 'label' (or 'concept')")
         docs = [d for d in docs if d.text.strip() and d.label]
-        probe = make_concept_set(Path(source).stem, [d.text for d in docs], [d.label for d in docs], seed=seed)
+        probe = make_concept_set(
+            Path(source).stem, [d.text for d in docs], [d.label for d in docs], seed=seed
+        )
     per_class = max(2, n_texts // max(len(probe.names), 1))
     probe = make_concept_set(probe.name, probe.texts, probe.concepts, per_concept=per_class, seed=seed)
     names = probe.names

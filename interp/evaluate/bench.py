@@ -80,7 +80,10 @@ PRESETS: dict[str, BenchPreset] = {
 
 
 def preset_settings(preset: BenchPreset) -> dict[str, Any]:
-    return dataclasses.asdict(preset)
+    """What every result of a run folder shares (the per-method options are checked per result)."""
+    settings = dataclasses.asdict(preset)
+    settings.pop("method_options")
+    return settings
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -118,7 +121,9 @@ def method_config(method: str, preset: BenchPreset, d: int, device: str) -> Any:
     options.update(preset.method_options.get(method, {}))
     unknown = set(options) - fields
     if unknown:
-        raise ValueError(f"method {method!r} has no setting(s) {sorted(unknown)}; its settings: {sorted(fields)}")
+        raise ValueError(
+            f"method {method!r} has no setting(s) {sorted(unknown)}; its settings: {sorted(fields)}"
+        )
     return config_class(**options)
 
 
@@ -126,7 +131,9 @@ def _fit_or_load(method: str, config: Any, data: torch.Tensor, folder: Path, pro
     if (folder / "config.json").exists():
         return load_decomposer(folder), 0.0
     start = time.perf_counter()
-    decomposer = method_class(method)(config).fit(data, checkpoint_dir=folder / "checkpoint", progress=progress)
+    decomposer = method_class(method)(config).fit(
+        data, checkpoint_dir=folder / "checkpoint", progress=progress
+    )
     seconds = time.perf_counter() - start
     decomposer.save(folder)
     return decomposer, seconds
@@ -148,13 +155,15 @@ def run_synthetic_bench(preset: BenchPreset, out: Path, methods: list[str], vari
     for variant, method in bar:
         bar.set_postfix(variant=variant, method=method)
         result_path = out / "results" / f"{variant}-{method}.json"
+        config = method_config(method, preset, preset.data.d, str(dev))
+        settings = json.dumps({"config": dataclasses.asdict(config), "data": variant}, sort_keys=True)
         if result_path.exists():
+            _check_result(result_path, settings)
             continue
         if variant not in models:
             model = SyntheticModel(dataclasses.replace(preset.data, **VARIANTS[variant]), device=dev)
             models = {variant: (model, model.dataset(preset.n_train, seed=preset.seed))}
         model, data = models[variant]
-        config = method_config(method, preset, preset.data.d, str(dev))
         folder = out / "decomposers" / variant / method
         start = time.perf_counter()
         try:
@@ -162,11 +171,10 @@ def run_synthetic_bench(preset: BenchPreset, out: Path, methods: list[str], vari
             start = time.perf_counter()
             metrics = ground_truth_metrics(decomposer, model, preset.n_eval, seed=preset.seed + 1,
                                            progress=progress)  # fmt: skip
-        except (ValueError, RuntimeError) as e:  # one method failing leaves the others' results; a rerun retries
+        except (ValueError, RuntimeError) as e:  # the others still run; a rerun retries this one
             log(f"{variant}/{method} failed after {time.perf_counter() - start:.0f} s: {e}")
             continue
         metrics.update(train_seconds=seconds, eval_seconds=time.perf_counter() - start)
-        settings = json.dumps({"config": dataclasses.asdict(config), "data": variant}, sort_keys=True)
         name = f"{method}-w{config.n_features}-k{preset.k}"
         rows = [{"decomposer": name, "method": method, "site": f"synthetic-{variant}", "metric": key,
                  "value": float(value), "settings": settings} for key, value in metrics.items()]  # fmt: skip
@@ -178,6 +186,19 @@ def run_synthetic_bench(preset: BenchPreset, out: Path, methods: list[str], vari
     rows = collect_rows(out)
     write_report(rows, out, "interp bench synthetic", NOTES)
     return rows
+
+
+def _check_result(path: Path, settings: str) -> None:
+    """Refuse a finished result computed with other method settings than now, naming them."""
+    rows = json.loads(path.read_text())
+    old, new = _flatten(json.loads(rows[0]["settings"])), _flatten(json.loads(settings))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not k.endswith(".device")]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"{path} was computed with other settings ({'; '.join(changed)}); rerun with the same settings, or "
+            f"delete it and {path.parent.parent / 'decomposers' / path.stem.replace('-', '/', 1)} to recompute"
+        )
 
 
 def collect_rows(out: Path) -> list[dict]:

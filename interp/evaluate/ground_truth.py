@@ -98,7 +98,9 @@ def ground_truth_metrics(decomposer, model: SyntheticModel, n_samples: int = 20_
     best_true, best_cos = cos.argmax(1), cos.max(0)  # per latent; per true feature (values, latents)
     counts = _Counts(best_true, best_cos.indices, directions.shape[0], model.config.d, device)
     gen = model.generator(seed)
-    for start in tqdm(range(0, n_samples, batch_size), desc="ground truth", disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, n_samples, batch_size), desc="ground truth", disable=not progress, leave=False
+    ):
         x, true = model.sample(min(batch_size, n_samples - start), gen)
         codes = decomposer.encode(x).to(device)
         counts.add(x, decomposer.decode(codes).to(device), codes, true)

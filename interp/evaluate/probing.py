@@ -60,12 +60,18 @@ def pool_texts(model: LoadedModel, site: Site, texts: list[str], decomposer, max
         c = decomposer.encode(flat).float().to(x.device)  # [n_tokens, n_latents]
         owner = keep.nonzero()[:, 0]
         count = keep.sum(1).clamp_min(1)[:, None].float()
-        acts.append((torch.zeros(len(ids), x.shape[-1], device=x.device).index_add_(0, owner, flat) / count).cpu())
-        codes.append((torch.zeros(len(ids), c.shape[1], device=x.device).index_add_(0, owner, c) / count).cpu())
+        acts.append(
+            (torch.zeros(len(ids), x.shape[-1], device=x.device).index_add_(0, owner, flat) / count).cpu()
+        )
+        codes.append(
+            (torch.zeros(len(ids), c.shape[1], device=x.device).index_add_(0, owner, c) / count).cpu()
+        )
     return torch.cat(acts), torch.cat(codes)
 
 
-def balanced(labels: torch.Tensor, index: torch.Tensor, cls: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced(
+    labels: torch.Tensor, index: torch.Tensor, cls: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, binary targets) of `index`: every row of class `cls` and as many rows of the others, drawn at random."""
     pos, neg = index[labels[index] == cls], index[labels[index] != cls]
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +86,9 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x.double().numpy(), y.numpy())
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
+        x.double().numpy(), y.numpy()
+    )
 
 
 def accuracy(probe, x: torch.Tensor, y: torch.Tensor) -> float:

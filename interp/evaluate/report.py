@@ -53,7 +53,9 @@ def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}" if abs(value) < 0.01 else f"{value:.3f}"
+        return (
+            f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}" if abs(value) < 0.01 else f"{value:.3f}"
+        )
     return str(value)
 
 

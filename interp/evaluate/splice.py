@@ -59,6 +59,8 @@ def spliced_metrics(
     gap = out["ce_zero"] - out["ce_clean"]
     out["ce_delta"] = out["ce_spliced"] - out["ce_clean"]
     out["ce_loss_recovered"] = (out["ce_zero"] - out["ce_spliced"]) / gap if abs(gap) > 1e-9 else float("nan")
-    out["kl_score"] = (out["kl_zero"] - out["kl"]) / out["kl_zero"] if out["kl_zero"] > 1e-12 else float("nan")
+    out["kl_score"] = (
+        (out["kl_zero"] - out["kl"]) / out["kl_zero"] if out["kl_zero"] > 1e-12 else float("nan")
+    )
     out["n_tokens"] = count
     return out

@@ -63,7 +63,9 @@ def core_metrics(decomposer, store: ActivationStore, max_tokens: int, model, n_c
     out = evaluate(decomposer, store, max_tokens=max_tokens)
     out["alive_fraction"] = 1 - out["dead_fraction"]
     if n_contexts > 0 and store.contexts_path.exists():
-        spliced = spliced_metrics(model, decomposer, store.site, Contexts.load(store.contexts_path), n_contexts)
+        spliced = spliced_metrics(
+            model, decomposer, store.site, Contexts.load(store.contexts_path), n_contexts
+        )
         spliced["ce_score"] = spliced.pop("ce_loss_recovered")
         out.update({k: v for k, v in spliced.items() if k != "n_tokens"})
     return out
@@ -73,7 +75,9 @@ def probing_metrics(decomposer, store: ActivationStore, model, texts: LabelledTe
     """Sparse probing and TPP of `decomposer` at the store's site on `texts`."""
     site = parse_site(store.site, model.info.n_layers)
     acts, codes = pool_texts(model, site, texts.texts, decomposer)
-    data = Pooled(acts, codes, torch.tensor(texts.labels), torch.tensor(texts.train), torch.tensor(texts.test))
+    data = Pooled(
+        acts, codes, torch.tensor(texts.labels), torch.tensor(texts.train), torch.tensor(texts.test)
+    )
     return {**sparse_probing(data), **tpp(data, decomposer)}
 
 

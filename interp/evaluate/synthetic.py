@@ -70,7 +70,9 @@ class SyntheticConfig:
     @property
     def level_sizes(self) -> list[int]:
         """Features per hierarchy level, roots first."""
-        return [self.n_roots * self.branching**level for level in range(self.depth + 1)] if self.n_roots else []
+        return (
+            [self.n_roots * self.branching**level for level in range(self.depth + 1)] if self.n_roots else []
+        )
 
     @property
     def n_hierarchy(self) -> int:
@@ -110,7 +112,9 @@ class SyntheticModel:
         self.parent = self._parents()  # [n], -1: none
         self.fire_prob = self._compensated(self.base_prob)  # [n]
         self.mean_magnitude = torch.linspace(cfg.magnitude_start, cfg.magnitude_end, n)
-        self.std_magnitude = (cfg.magnitude_std_mean + cfg.magnitude_std_std * torch.randn(n, generator=gen)).abs()
+        self.std_magnitude = (
+            cfg.magnitude_std_mean + cfg.magnitude_std_std * torch.randn(n, generator=gen)
+        ).abs()
         factor = torch.randn(n, max(cfg.correlation_rank, 1), generator=gen) * cfg.correlation_scale
         if cfg.correlation_rank == 0:
             factor.zero_()
@@ -194,7 +198,8 @@ class SyntheticModel:
         noise = torch.randn(rows.numel(), generator=gen, device=self.device) * self.std_magnitude[cols]
         codes = torch.zeros(n, cfg.n_features, device=self.device)
         codes[rows, cols] = (self.mean_magnitude[cols] + noise).clamp_min(0)
-        for _, children in self.level_slices():  # parents first: their values are final when children read them
+        # parents first: their values are final when their children read them
+        for _, children in self.level_slices():
             sel = (cols >= children.start) & (cols < children.stop)
             r, c = rows[sel], cols[sel]
             p = self.parent[c]
