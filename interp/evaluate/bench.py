@@ -72,7 +72,7 @@ PRESETS: dict[str, BenchPreset] = {
                         "l1_warmup_steps": 200}, "jumprelu": {"l0_coeff": 0.02}, "mpsae": {"lr": 1e-3}},
     ),
     "gpu": BenchPreset(  # SynthSAEBench-16k's configuration and its recommended width
-        n_train=4_000_000, width=4096, k=25, n_steps=30_000, batch_size=1024, lr=3e-4, n_eval=100_000,
+        n_train=2_000_000, width=4096, k=25, n_steps=30_000, batch_size=1024, lr=3e-4, n_eval=100_000,
         method_options={"snmf": {"max_iter": 100}, "relu": {"l1_coeff": 2.0, "l1_warmup_steps": 1000},
                         "jumprelu": {"l0_coeff": 0.02}, "mpsae": {"lr": 3e-4}},
     ),
