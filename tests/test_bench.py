@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -64,6 +65,7 @@ def test_synthetic_bench_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "no such setting" in result.output
 
 
+@pytest.mark.slow
 def test_store_bench_core_metrics_and_probing_on_a_user_csv(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(

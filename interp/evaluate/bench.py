@@ -68,13 +68,16 @@ PRESETS: dict[str, BenchPreset] = {
     "cpu": BenchPreset(
         data=SyntheticConfig(n_features=1024, d=64, n_roots=8, p_min=2e-3, correlation_rank=8),
         n_train=50_000, width=256, k=6, n_steps=1000, batch_size=512, lr=1e-3, n_eval=10_000,
-        method_options={"snmf": {"max_iter": 100, "sparsity": 0.1}, "relu": {"l1_coeff": 2.0,
-                        "l1_warmup_steps": 200}, "jumprelu": {"l0_coeff": 0.02}, "mpsae": {"lr": 1e-3}},
+        method_options={"snmf": {"max_iter": 100, "sparsity": 0.1},
+                        "relu": {"l1_coeff": 5.0, "l1_warmup_steps": 200},
+                        "jumprelu": {"l0_coeff": 3.0, "bandwidth": 0.05, "initial_threshold": 0.5},
+                        "mpsae": {"lr": 1e-3}},
     ),
     "gpu": BenchPreset(  # SynthSAEBench-16k's configuration and its recommended width
         n_train=2_000_000, width=4096, k=25, n_steps=30_000, batch_size=1024, lr=3e-4, n_eval=100_000,
-        method_options={"snmf": {"max_iter": 100}, "relu": {"l1_coeff": 2.0, "l1_warmup_steps": 1000},
-                        "jumprelu": {"l0_coeff": 0.02}, "mpsae": {"lr": 3e-4}},
+        method_options={"snmf": {"max_iter": 100}, "relu": {"l1_coeff": 5.0, "l1_warmup_steps": 1000},
+                        "jumprelu": {"l0_coeff": 3.0, "bandwidth": 0.05, "initial_threshold": 0.5},
+                        "mpsae": {"lr": 3e-4}},
     ),
 }  # fmt: skip
 
@@ -129,6 +132,14 @@ def method_config(method: str, preset: BenchPreset, d: int, device: str) -> Any:
 
 def _fit_or_load(method: str, config: Any, data: torch.Tensor, folder: Path, progress: bool):
     if (folder / "config.json").exists():
+        saved = json.loads((folder / "config.json").read_text())["config"]
+        wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+        changed = sorted(
+            k for k in set(saved) | set(wanted) if k != "device" and saved.get(k) != wanted.get(k)
+        )
+        if changed:
+            raise ValueError(f"{folder} holds a {method} fitted with other settings ({', '.join(changed)}); "
+                             "delete it to refit")  # fmt: skip
         return load_decomposer(folder), 0.0
     start = time.perf_counter()
     decomposer = method_class(method)(config).fit(
