@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from interp.cli.bench import bench_app
 from interp.cli.browse import browse_cmd
 from interp.cli.capture import capture_cmd, models_cmd, summary_cmd
 from interp.cli.common import interruptible
@@ -14,7 +15,7 @@ from interp.cli.import_ import import_cmd
 from interp.cli.index import index_cmd
 from interp.cli.steer_eval import steer_eval_cmd
 
-HELP = "capture | fit | import | evaluate | index | browse | steer-eval | models | summary | demo"
+HELP = "capture | fit | import | evaluate | bench | index | browse | steer-eval | models | summary | demo"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
 
 COMMANDS = {
@@ -22,8 +23,11 @@ COMMANDS = {
     "evaluate": evaluate_cmd, "index": index_cmd, "browse": browse_cmd, "steer-eval": steer_eval_cmd,
     "demo": demo_cmd, "import": import_cmd,
 }  # fmt: skip
+GROUPS = {"bench": bench_app}  # commands with subcommands
 for name, command in COMMANDS.items():
     app.command(name)(interruptible(command))
+for name, group in GROUPS.items():
+    app.add_typer(group, name=name)
 
 
 def main() -> None:  # pragma: no cover

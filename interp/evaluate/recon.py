@@ -5,6 +5,7 @@
   explained_variance = 1 - fvu
 - l0: mean number of non-zero codes per token
 - dead_fraction: features that never fire on the data; dense_fraction: features firing on more than 10% of tokens
+- shrinkage: mean over tokens of ||x_hat|| / ||x|| (below 1: reconstructions shrunk, as L1 penalties do)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def evaluate(
         check_activations(data, error=DecomposerError)
         chunks = (data[i : i + batch_size] for i in range(0, data.shape[0], batch_size))
     n = 0
-    sum_x2 = sq_error = 0.0
+    sum_x2 = sq_error = shrink = 0.0
     sum_vec = None
     firing = torch.zeros(decomposer.n_features)
     nonzero = 0.0
@@ -47,6 +48,7 @@ def evaluate(
         firing += active.sum(0).float().cpu()
         nonzero += float(active.sum())
         sq_error += float((x - x_hat).square().sum())
+        shrink += float((x_hat.norm(dim=1) / x.norm(dim=1).clamp_min(1e-6)).sum())
         sum_vec = x.sum(0) if sum_vec is None else sum_vec + x.sum(0)
         sum_x2 += float(x.square().sum())
         n += x.shape[0]
@@ -60,6 +62,7 @@ def evaluate(
         "l0": nonzero / n,
         "dead_fraction": float((firing == 0).float().mean()),
         "dense_fraction": float((firing / n > dense_threshold).float().mean()),
+        "shrinkage": shrink / n,
     }
     result["explained_variance"] = 1 - result["fvu"]
     return result

@@ -2,7 +2,8 @@
 
 CE(clean), CE(spliced) with decode(encode(x)) in place of x, CE(zero-ablated) with 0 in place of x, the mean KL
 between clean and spliced next-token distributions, and CE loss recovered = (CE_zero - CE_spliced) /
-(CE_zero - CE_clean). The BOS position is neither edited nor counted; padding is not counted.
+(CE_zero - CE_clean) (SAEBench's CE score). `kl_zero` is KL(clean || zero-ablated) and `kl_score` SAEBench's
+(KL_zero - KL_spliced) / KL_zero. The BOS position is neither edited nor counted; padding is not counted.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def spliced_metrics(
 ) -> dict[str, float]:
     """CE clean / spliced / zero-ablated, KL(clean || spliced) and CE loss recovered on the first contexts."""
     site_ = parse_site(site, model.info.n_layers)
-    sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl": 0.0}
+    sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
     count = 0
     for start in range(0, min(n_contexts, contexts.n_contexts), batch_size):
         end = min(start + batch_size, n_contexts, contexts.n_contexts)
@@ -48,14 +49,18 @@ def spliced_metrics(
         spliced = steered_logits(model, tokens, site_, Reconstruct(decomposer, "generated"), prompt_len=1)
         spliced_ce, spliced_lp = _next_token_stats(spliced, tokens, mask)
         zero = steered_logits(model, tokens, site_, ZeroAblate("generated"), prompt_len=1)
-        zero_ce, _ = _next_token_stats(zero, tokens, mask)
+        zero_ce, zero_lp = _next_token_stats(zero, tokens, mask)
         sums["ce_clean"] += float(clean_ce.sum())
         sums["ce_spliced"] += float(spliced_ce.sum())
         sums["ce_zero"] += float(zero_ce.sum())
         sums["kl"] += float(kl_rows(clean_lp, spliced_lp).sum())
+        sums["kl_zero"] += float(kl_rows(clean_lp, zero_lp).sum())
         count += clean_ce.numel()
     out = {k: v / max(count, 1) for k, v in sums.items()}
     out["ce_delta"] = out["ce_spliced"] - out["ce_clean"]
     out["ce_loss_recovered"] = ce_loss_recovered(out["ce_clean"], out["ce_spliced"], out["ce_zero"])
+    out["kl_score"] = (
+        (out["kl_zero"] - out["kl"]) / out["kl_zero"] if out["kl_zero"] > 1e-12 else float("nan")
+    )
     out["n_tokens"] = count
     return out

@@ -1,0 +1,96 @@
+"""`interp bench` end to end: the synthetic bench on a tiny preset (outputs, resume, changed settings refused) and
+the store bench on a tiny model (core metrics and probing on a user csv)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from interp.cli import app
+
+runner = CliRunner()
+TINY = ["--preset", "tiny", "--device", "cpu", "--set", "n_steps=8", "--set", "n_train=1024",
+        "--set", "n_eval=512", "--set", "batch_size=128"]  # fmt: skip
+
+
+def read_metrics(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_synthetic_bench_writes_report_resumes_and_refuses_other_settings(tmp_path):
+    out = tmp_path / "bench"
+    result = runner.invoke(app, ["bench", "synthetic", "--out", str(out), "--methods", "topk,snmf", *TINY])
+    assert result.exit_code == 0, result.output
+    rows = read_metrics(out / "metrics.csv")
+    assert set(rows[0]) == {"decomposer", "method", "site", "metric", "value", "settings"}
+    by = {(r["method"], r["metric"]): float(r["value"]) for r in rows}
+    assert 5 < by[("topk", "l0")] <= 6.0  # the preset's k bounds TopK's L0
+    assert by[("snmf", "mcc")] > 0 and 0 <= by[("topk", "f1")] <= 1
+    assert {"mcc", "f1", "precision", "recall", "uniqueness", "explained_variance", "dead_fraction",
+            "parent_f1", "child_f1"} <= {r["metric"] for r in rows}  # fmt: skip
+    assert json.loads(rows[0]["settings"])["data"] == "dense"
+    report = (out / "report.md").read_text()
+    assert "| topk-w64-k6 | topk | synthetic-dense |" in report and "| snmf-w32-k6 | snmf |" in report
+    assert "FVU" in (out / "frontier.html").read_text() or "fvu vs L0" in (out / "frontier.html").read_text()
+
+    stamp = (out / "results" / "dense-topk.json").stat().st_mtime_ns
+    again = runner.invoke(
+        app, ["bench", "synthetic", "--out", str(out), "--methods", "topk,batchtopk", *TINY]
+    )
+    assert again.exit_code == 0, again.output
+    assert (out / "results" / "dense-topk.json").stat().st_mtime_ns == stamp  # finished: not recomputed
+    assert "dense/topk" not in again.output and "dense/batchtopk" in again.output  # a new method is added
+    assert {r["method"] for r in read_metrics(out / "metrics.csv")} == {"topk", "snmf", "batchtopk"}
+
+    changed = runner.invoke(app, ["bench", "synthetic", "--out", str(out), "--methods", "topk", *TINY,
+                                  "--set", "k=5", "--set", "data.seed=7"])  # fmt: skip
+    assert changed.exit_code == 2
+    assert "k: 6 -> 5" in changed.output and "data.seed: 42 -> 7" in changed.output
+    own = runner.invoke(app, ["bench", "synthetic", "--out", str(out), "--methods", "topk", *TINY,
+                              "--set", "topk.aux_coeff=0.5"])  # fmt: skip
+    assert own.exit_code == 2 and "config.aux_coeff: 0.03125 -> 0.5" in own.output
+    assert "delete it and" in own.output and "decomposers/dense/topk" in own.output
+
+
+def test_synthetic_bench_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["bench", "synthetic", "--out", str(tmp_path), "--methods", "nope", *TINY])
+    assert result.exit_code == 2 and "unknown method or variant ['nope']" in result.output
+    result = runner.invoke(app, ["bench", "synthetic", "--out", str(tmp_path), "--preset", "huge"])
+    assert result.exit_code == 2 and "valid: tiny, cpu, gpu" in result.output
+    result = runner.invoke(app, ["bench", "synthetic", "--out", str(tmp_path), "--set", "widht=3"])
+    assert result.exit_code == 2 and "no such setting" in result.output
+
+
+@pytest.mark.slow
+def test_store_bench_core_metrics_and_probing_on_a_user_csv(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(
+        "\n\n".join(f"Paragraph {i} talks about cats, dogs and the number {i * 7}." for i in range(40))
+    )
+    capture = ["capture", "--model", "tiny-llama", "--sites", "1.resid_post", "--corpus", str(corpus),
+               "--n-tokens", "800", "--context-len", "32", "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, capture).exit_code == 0
+    store = str(tmp_path / "run" / "1.resid_post")
+    fit = ["fit", "--method", "topk", "--store", store, "--out", str(tmp_path / "topk"), "--k", "32",
+           "--topk-k", "4", "--n-steps", "10", "--batch-size", "128", "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, fit).exit_code == 0
+    labelled = tmp_path / "probe.csv"
+    with open(labelled, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(24):
+            writer.writerow([f"the cat sat on mat {i}" if i % 2 else f"stock prices rose {i} percent", i % 2])
+    args = ["bench", "store", str(tmp_path / "topk"), "--out", str(tmp_path / "b"), "--n-contexts", "2",
+            "--probe", str(labelled), "--n-texts", "24", "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    by = {r["metric"]: float(r["value"]) for r in read_metrics(tmp_path / "b" / "metrics.csv")}
+    assert by["l0"] <= 4 and 0 <= by["alive_fraction"] <= 1 and by["shrinkage"] > 0
+    assert {"ce_score", "kl_score", "probe_full", "probe_k1", "probe_random_k1", "tpp_n20"} <= set(by)
+    assert by["probe_full"] > 0.8  # two very different kinds of text: the activations separate them
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "FVU" not in again.output  # finished: not recomputed
