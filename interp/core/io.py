@@ -29,6 +29,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _commit(tmp, path)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    path = Path(path)
+    tmp = _temporary(path)
+    tmp.write_bytes(data)
+    _commit(tmp, path)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON to `path` atomically."""
     atomic_write_text(path, json.dumps(data, indent=2))
