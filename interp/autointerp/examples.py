@@ -47,14 +47,17 @@ def example_id(example: Example) -> str:
     return f"{example.context}:{example.position}"
 
 
-def inside(example: Example) -> list[int]:
-    """Window indices that lie inside the example's context."""
-    return [j for j, a in enumerate(example.acts) if a is not None]
+def inside(example: Example, context: int | None = None) -> list[int]:
+    """Window indices inside the example's context (and within `context` tokens of its centre, when given)."""
+    near = range(len(example.acts)) if context is None else range(example.peak - context, example.peak + context + 1)
+    return [j for j in near if 0 <= j < len(example.acts) and example.acts[j] is not None]
 
 
-def snippet(example: Example, acts: list[float] | None = None, activating: bool = True) -> Snippet:
-    """A `Snippet` of an index example; `acts` replaces its activations (those of another feature)."""
-    keep = inside(example)
+def snippet(example: Example, acts: list[float] | None = None, activating: bool = True,
+            context: int | None = None) -> Snippet:  # fmt: skip
+    """A `Snippet` of an index example (`context` tokens each side of its centre; None: its whole window);
+    `acts` replaces its activations (those of another feature)."""
+    keep = inside(example, context)
     values = acts if acts is not None else [float(example.acts[j]) for j in keep]
     return Snippet(example_id(example), [example.texts[j] for j in keep], values, activating,
                    keep.index(example.peak))
@@ -116,31 +119,32 @@ def load_encoder(index: FeatureIndex) -> tuple[Any, Any] | None:
 
 
 @torch.no_grad()
-def pool_codes(encoder: tuple[Any, Any], pool: list[Example], features: list[int],
+def pool_codes(encoder: tuple[Any, Any], pool: list[Example], features: list[int], context: int | None = None,
                chunk: int = 4096) -> list[torch.Tensor]:  # fmt: skip
-    """Codes of `features` over each pool window: one `[window_len, len(features)]` per pool example."""
+    """Codes of `features` over each pool window (cut to `context`): `[len(window), len(features)]` each."""
     decomposer, store = encoder
-    rows = torch.tensor([e.row - e.peak + j for e in pool for j in inside(e)], dtype=torch.long)
+    rows = torch.tensor([e.row - e.peak + j for e in pool for j in inside(e, context)], dtype=torch.long)
     cols = torch.tensor(features, dtype=torch.long)
     parts = []
     for start in range(0, rows.numel(), chunk):  # a loop over chunks of rows
         x = store.read_rows(rows[start : start + chunk])
         parts.append(decomposer.encode(x).detach().float().cpu()[:, cols])
     codes = torch.cat(parts) if parts else torch.zeros(0, len(features))
-    return list(codes.split([len(inside(e)) for e in pool]))
+    return list(codes.split([len(inside(e, context)) for e in pool]))
 
 
 def non_activating(feature: Feature, pool: list[Example], codes: list[torch.Tensor] | None, column: int,
-                   n: int, seed: int) -> list[Snippet]:  # fmt: skip
-    """Up to `n` pool windows where `feature` does not fire (verified by `codes` when given)."""
+                   n: int, seed: int, context: int | None = None) -> list[Snippet]:  # fmt: skip
+    """Up to `n` pool windows (cut to `context`) where `feature` does not fire (checked by `codes` when
+    given: `pool_codes` with the same `context`)."""
     own = {example_id(e) for e in feature.top} | {example_id(e) for _, _, ex in feature.bands for e in ex}
     picks = []
     for i, example in enumerate(pool):
         if example_id(example) in own:
             continue
         if codes is None:
-            picks.append(snippet(example, [0.0] * len(inside(example)), activating=False))
+            picks.append(snippet(example, [0.0] * len(inside(example, context)), False, context))
         elif float(codes[i][:, column].max()) <= feature.threshold:
-            picks.append(snippet(example, codes[i][:, column].tolist(), activating=False))
+            picks.append(snippet(example, codes[i][:, column].tolist(), False, context))
     random.Random(seed + feature.id).shuffle(picks)
     return picks[:n]

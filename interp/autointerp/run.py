@@ -60,6 +60,7 @@ class ExplainConfig:
     scorers: tuple[str, ...] = ("detection", "fuzzing")
     shuffled_baseline: bool = True  # also score each feature with another feature's explanation
     chunk: int = 32  # features scored between two writes of explanations.parquet
+    context: int | None = None  # tokens shown each side of a test example's centre (None: the index's window)
     pool: int = 0  # candidate non-activating windows (0: max(64, 8 * n_test))
     seed: int = 0
 
@@ -121,14 +122,14 @@ def gather(index: FeatureIndex, features: list[int], config: ExplainConfig) -> t
         else:
             chosen[f] = feature
     live = sorted(chosen)
-    codes = pool_codes(encoder, pool, live) if encoder is not None and live else None
+    codes = pool_codes(encoder, pool, live, config.context) if encoder is not None and live else None
     out = {}
     for column, f in enumerate(live):
         feature = chosen[f]
         explain, test, note = activating_examples(feature, config.n_explain, config.n_test)
-        negatives = non_activating(feature, pool, codes, column, len(test), config.seed)
-        fx = FeatureExamples(f, [snippet(e) for e in explain], [snippet(e) for e in test][: len(negatives)],
-                             negatives, note)  # fmt: skip
+        negatives = non_activating(feature, pool, codes, column, len(test), config.seed, config.context)
+        activating = [snippet(e, context=config.context) for e in test][: len(negatives)]
+        fx = FeatureExamples(f, [snippet(e) for e in explain], activating, negatives, note)
         out[f] = (feature, fx)
     return out, skipped, "verified" if codes is not None else "unverified"
 
@@ -239,6 +240,7 @@ def _summary(rows: dict, skipped: list[int], checked: str, client: LLMClient, co
         "llm_model": client.config.model, "llm_url": client.config.url, "prompt_version": PROMPT_VERSION,
         "config": dataclasses.asdict(config), "n_features": len(rows), "skipped_no_activations": skipped,
         "non_activating_examples": checked, "explanations": statuses,
+        "unscored_no_non_activating": [f for f, row in rows.items() if not row["non_activating_ids"]],
         "n_malformed_replies": int(table["n_malformed"].sum()) if len(table) else 0,
         "requests_sent": client.n_sent, "requests_cached": client.n_cached, "requests_failed": client.n_failed,
         "mean": means, "seconds": seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

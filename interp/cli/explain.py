@@ -22,7 +22,8 @@ def summary_lines(summary: dict) -> list[str]:
     skipped = summary["skipped_no_activations"]
     lines += [
         f"{summary['n_features']} features explained by {summary['llm_model']} ({summary['explanations']}); "
-        f"{len(skipped)} skipped with no activating examples{': ' + str(skipped[:10]) if skipped else ''}",
+        f"{len(skipped)} skipped with no activating examples{': ' + str(skipped[:10]) if skipped else ''}; "
+        f"{len(summary['unscored_no_non_activating'])} not scored for want of non-activating examples",
         f"non-activating examples: {summary['non_activating_examples']}; malformed replies: "
         f"{summary['n_malformed_replies']}; requests sent {summary['requests_sent']}, from cache "
         f"{summary['requests_cached']}, rejected {summary['requests_failed']}",
