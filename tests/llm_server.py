@@ -100,7 +100,9 @@ class Server:
             except OSError:
                 time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"transformers serve did not start in {start_timeout} s: {log.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"transformers serve did not start in {start_timeout} s: {log.read_text()[-2000:]}"
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

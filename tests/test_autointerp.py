@@ -46,7 +46,10 @@ SMALL = ExplainConfig(n_explain=4, n_test=4, per_prompt=4, chunk=2, context=3)
 
 # ------------------------------------------------------------------------------------------ parsing, metrics
 def test_replies_are_parsed_or_counted_malformed():
-    assert parse_explanation("thinking...\n[EXPLANATION]: dates in headlines") == ("dates in headlines", "tagged")
+    assert parse_explanation("thinking...\n[EXPLANATION]: dates in headlines") == (
+        "dates in headlines",
+        "tagged",
+    )
     assert parse_explanation("no tag here\nthe word cat") == ("the word cat", "untagged")
     assert parse_explanation("  ") == ("", "empty") and parse_explanation(None) == ("", "empty")
     assert parse_labels("Sure: [1, 0, 1]", 3) == [1, 0, 1]
@@ -61,7 +64,11 @@ def test_metrics_by_hand():
     assert m["accuracy"] == pytest.approx(4 / 6) and m["precision"] == pytest.approx(2 / 3)
     assert m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(2 / 3) and m["n"] == 6
     always_yes = metrics([1, 0, 1, 0], [1, 1, 1, 1])
-    assert always_yes["accuracy"] == 0.5 and always_yes["recall"] == 1 and always_yes["f1"] == pytest.approx(2 / 3)
+    assert (
+        always_yes["accuracy"] == 0.5
+        and always_yes["recall"] == 1
+        and always_yes["f1"] == pytest.approx(2 / 3)
+    )
     assert math.isnan(metrics([], [])["accuracy"])
 
 
@@ -82,11 +89,11 @@ def test_feature_selection():
 
 
 def planted_examples() -> FeatureExamples:
-    def snip(i: int, acts: list[float], activating: bool) -> Snippet:
-        return Snippet(f"{i}:2", ["a", " b", " c", " d", " e"], acts, activating, 2)
+    def snip(i: int, acts: list[float], activating: bool, texts: list[str]) -> Snippet:
+        return Snippet(f"{i}:2", texts, acts, activating, 2)
 
-    pos = [snip(i, [0, 0, 5, 2, 0], True) for i in range(3)]
-    neg = [snip(10 + i, [0] * 5, False) for i in range(3)]
+    pos = [snip(i, [0, 0, 5, 2, 0], True, ["a", " b", " c", " d", " e"]) for i in range(3)]
+    neg = [snip(10 + i, [0] * 6, False, ["p", " q", " r", " s", " t", " u"]) for i in range(3)]
     return FeatureExamples(7, pos, pos, neg, "planted")
 
 
@@ -97,8 +104,8 @@ def test_detection_and_fuzzing_trials_are_balanced_and_marked_right():
     assert all("<<" not in text for t in det for text in t.texts)
     fuzz = fuzzing_trials(fx, threshold=0.0, per_prompt=6, seed=0)
     (trial,) = fuzz
-    for text, label in zip(trial.texts, trial.labels, strict=True):
-        assert text == "a b<< c d>> e"  # 5 and 2 > 0.3 * 5; non-activating get the same positions copied
+    for text, label in zip(trial.texts, trial.labels, strict=True):  # 5 and 2 > 0.3 * 5 are marked; the
+        assert text == ("a b<< c d>> e" if label else "p q<< r s>> t u")  # same offsets copied to the others
     assert sorted(trial.labels) == [0, 0, 0, 1, 1, 1]
     assert marked(["x", "y", "z"], {0, 2}) == "<<x>>y<<z>>"
     result, malformed = score(det, ["[1, 1, 1, 1]", "nonsense"])
@@ -150,7 +157,9 @@ def test_recomputed_codes_match_the_index_and_non_activating_examples_do_not_fir
     for column, f in enumerate(live):
         feature = index.feature(f)
         negatives = non_activating(feature, pool, codes, column, 10, seed=0, context=3)
-        assert all(max(s.acts) <= feature.threshold and not s.activating and len(s.texts) <= 7 for s in negatives)
+        assert all(
+            max(s.acts) <= feature.threshold and not s.activating and len(s.texts) <= 7 for s in negatives
+        )
         found += bool(negatives)
     assert found >= len(live) // 2
 
@@ -183,7 +192,9 @@ def test_explain_writes_scores_and_baseline_then_resumes(server, index_copy):
     assert summary["non_activating_examples"] == "verified"
     sent = malformed = 0
     for _, row in table.iterrows():
-        m = len(row["activating_ids"])  # the planted truth: 2m examples, 4 to a prompt, a last one of 2 when m is odd
+        m = len(
+            row["activating_ids"]
+        )  # the planted truth: 2m examples, 4 to a prompt, a last one of 2 when m is odd
         assert 1 <= m <= 4 and len(row["non_activating_ids"]) == m and len(row["explain_ids"]) == 4
         assert row["shuffled_from"] in live[:4] and row["shuffled_from"] != row["feature"]
         prompts, short = math.ceil(2 * m / 4), (2 * m) % 4 != 0
@@ -192,7 +203,9 @@ def test_explain_writes_scores_and_baseline_then_resumes(server, index_copy):
         assert row["detection_n"] == 4 * (2 * m // 4) and (short or row["detection_accuracy"] == 0.5)
         assert row["detection_accuracy_shuffled"] == row["detection_accuracy"]  # same examples, same replies
         assert math.isnan(row["fuzzing_accuracy"]) and math.isnan(row["fuzzing_f1_shuffled"])
-        assert row["n_malformed"] == 2 * prompts + 2 * short  # fuzzing: none parsed; detection: a short prompt
+        assert (
+            row["n_malformed"] == 2 * prompts + 2 * short
+        )  # fuzzing: none parsed; detection: a short prompt
         sent += 1 + 2 * 2 * prompts
         malformed += row["n_malformed"]
     assert row["llm_model"] == server.model and row["prompt_version"]
@@ -229,8 +242,8 @@ def test_wrong_model_name_is_explained(server):
 def test_unreachable_endpoint_is_a_clear_cli_error(index_copy):
     from typer.testing import CliRunner
 
-    from tests.llm_server import free_port
     from interp.cli import app
+    from tests.llm_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     result = CliRunner().invoke(app, ["explain", str(index_copy.path), "--features", "0-1", "--llm-url", url,
@@ -243,7 +256,9 @@ class Refuses(http.server.BaseHTTPRequestHandler):
     """An endpoint that refuses every key (HTTP 401, as hosted APIs answer)."""
 
     def do_GET(self):  # noqa: N802
-        body = json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+        body = json.dumps(
+            {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+        )
         self.send_response(401)
         self.send_header("Content-Type", "application/json")
         self.end_headers()

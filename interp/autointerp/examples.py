@@ -49,7 +49,11 @@ def example_id(example: Example) -> str:
 
 def inside(example: Example, context: int | None = None) -> list[int]:
     """Window indices inside the example's context (and within `context` tokens of its centre, when given)."""
-    near = range(len(example.acts)) if context is None else range(example.peak - context, example.peak + context + 1)
+    near = (
+        range(len(example.acts))
+        if context is None
+        else range(example.peak - context, example.peak + context + 1)
+    )
     return [j for j in near if 0 <= j < len(example.acts) and example.acts[j] is not None]
 
 
@@ -59,8 +63,9 @@ def snippet(example: Example, acts: list[float] | None = None, activating: bool 
     `acts` replaces its activations (those of another feature)."""
     keep = inside(example, context)
     values = acts if acts is not None else [float(example.acts[j]) for j in keep]
-    return Snippet(example_id(example), [example.texts[j] for j in keep], values, activating,
-                   keep.index(example.peak))
+    return Snippet(
+        example_id(example), [example.texts[j] for j in keep], values, activating, keep.index(example.peak)
+    )
 
 
 def band_examples(feature: Feature, n: int, skip: set[str]) -> list[Example]:
@@ -74,13 +79,19 @@ def band_examples(feature: Feature, n: int, skip: set[str]) -> list[Example]:
     return out
 
 
-def activating_examples(feature: Feature, n_explain: int, n_test: int) -> tuple[list[Example], list[Example], str]:
+def activating_examples(
+    feature: Feature, n_explain: int, n_test: int
+) -> tuple[list[Example], list[Example], str]:
     """(explainer examples, activating test examples, note saying where the test examples came from)."""
     explain = feature.top[:n_explain]
     shown = {example_id(e) for e in explain}
     test = band_examples(feature, n_test, shown)
     if not any(ex for _, _, ex in feature.bands):
-        return explain, feature.top[n_explain : n_explain + n_test], "top examples not shown (no quantile bands)"
+        return (
+            explain,
+            feature.top[n_explain : n_explain + n_test],
+            "top examples not shown (no quantile bands)",
+        )
     if len(test) < n_test:  # few band examples: top up with unseen top examples
         test += feature.top[n_explain : n_explain + n_test - len(test)]
         return explain, test, "quantile bands and top examples not shown"

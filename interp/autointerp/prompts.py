@@ -76,7 +76,9 @@ def explainer_messages(examples: list[Snippet], max_activation: float, threshold
     lines = []
     for n, example in enumerate(examples, 1):
         where = sorted(active_positions(example, threshold))
-        acts = ", ".join(f'("{clean(example.texts[i])}", {round(example.acts[i] * scale)})' for i in where[:10])
+        acts = ", ".join(
+            f'("{clean(example.texts[i])}", {round(example.acts[i] * scale)})' for i in where[:10]
+        )
         lines += [f"Example {n}: {marked(example.texts, set(where))}", f"Activations: {acts}"]
     user = "\n".join(lines) + "\n\n" + EXPLAINER_ASK
     return [{"role": "system", "content": EXPLAINER_SYSTEM}, {"role": "user", "content": user}]

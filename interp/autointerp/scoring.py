@@ -40,7 +40,10 @@ def batched(items: list[tuple[str, int, str]], per_prompt: int) -> list[Trial]:
 
 def detection_trials(examples: FeatureExamples, per_prompt: int, seed: int) -> list[Trial]:
     """Activating and non-activating examples, unmarked, shuffled, `per_prompt` to a prompt."""
-    items = [(marked(s.texts, set()), int(s.activating), s.id) for s in examples.activating + examples.non_activating]
+    items = [
+        (marked(s.texts, set()), int(s.activating), s.id)
+        for s in examples.activating + examples.non_activating
+    ]
     random.Random(seed + examples.feature).shuffle(items)
     return batched(items, per_prompt)
 

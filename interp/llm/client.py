@@ -170,7 +170,9 @@ class LLMClient:
             self.cache.put(key, text, self.config.model)
         return text
 
-    def map(self, conversations: list[Messages], desc: str = "LLM", progress: bool = True) -> list[str | None]:
+    def map(
+        self, conversations: list[Messages], desc: str = "LLM", progress: bool = True
+    ) -> list[str | None]:
         """`chat` of each conversation, `concurrency` at a time, in order; the first `LLMError` stops them all."""
         out: list[str | None] = [None] * len(conversations)
         if not conversations:
