@@ -33,7 +33,7 @@ from interp.autointerp.prompts import (
 from interp.autointerp.scoring import derangement, detection_trials, fuzzing_trials, metrics, score
 from interp.features import FeatureIndex
 from interp.llm import LLMClient, LLMConfig, LLMError, ResponseCache
-from tests.llm_server import Server, planted_chat_model, serve_command
+from llm_server import Server, planted_chat_model, serve_command
 
 EXPLANATION = "planted pattern"
 REPLIES = {  # last word of a prompt -> the planted model's reply
@@ -128,7 +128,7 @@ def test_cache_keeps_whole_lines_after_a_torn_write(tmp_path):
 # ------------------------------------------------------------------------------------------ examples
 @pytest.fixture(scope="module")
 def toy_index(tmp_path_factory) -> Path:
-    from tests.test_features import shared_toy_cache
+    from test_features import shared_toy_cache
 
     root = shared_toy_cache(tmp_path_factory)
     return root / "decomposers" / "toy" / "1.mlp_hidden" / "topk-k32" / "index"
@@ -243,7 +243,7 @@ def test_unreachable_endpoint_is_a_clear_cli_error(index_copy):
     from typer.testing import CliRunner
 
     from interp.cli import app
-    from tests.llm_server import free_port
+    from llm_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     result = CliRunner().invoke(app, ["explain", str(index_copy.path), "--features", "0-1", "--llm-url", url,
@@ -287,3 +287,49 @@ def test_refused_key_and_missing_key_variable(monkeypatch):
     monkeypatch.delenv("TEST_LLM_KEY")
     with pytest.raises(LLMError, match="TEST_LLM_KEY .* is not set"):
         LLMClient(LLMConfig(url="http://127.0.0.1:1/v1", model="m", key_env="TEST_LLM_KEY"))
+
+
+# ------------------------------------------------------------------------------------------ index API, browser
+def planted_explanations(index_path: Path) -> None:
+    import pandas as pd
+
+    row = {"feature": 5, "explanation": "planted: cats on mats", "explanation_status": "tagged",
+           "detection_accuracy": 0.8, "detection_f1": 0.75, "detection_accuracy_shuffled": 0.5,
+           "detection_f1_shuffled": 0.4, "fuzzing_accuracy": math.nan, "fuzzing_f1": math.nan,
+           "fuzzing_accuracy_shuffled": math.nan, "fuzzing_f1_shuffled": math.nan, "n_malformed": 3,
+           "llm_model": "planted-llm", "prompt_version": "v-test"}  # fmt: skip
+    pd.DataFrame([row]).to_parquet(index_path / "explanations.parquet", index=False)
+
+
+def test_index_api_and_browser_show_explanations(monkeypatch, tmp_path_factory, tmp_path):
+    from streamlit.testing.v1 import AppTest
+    from test_browser import APP, texts
+    from test_features import shared_toy_cache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(shared_toy_cache(tmp_path_factory), cache)
+    folder = cache / "decomposers" / "toy" / "1.mlp_hidden" / "snmf-k16"
+    assert FeatureIndex.open(folder).explanation(5) is None and FeatureIndex.open(folder).explanations() is None
+    planted_explanations(folder / "index")
+    index = FeatureIndex.open(folder)
+    assert index.explanation(5)["detection_accuracy"] == 0.8 and index.explanation(4) is None
+    assert index.table.at[5, "explanation"] == "planted: cats on mats" and index.table.at[4, "explanation"] == ""
+
+    monkeypatch.setenv("INTERP_CACHE", str(cache))
+    monkeypatch.delenv("INTERP_INDEX", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"], at.query_params["feature"] = "Feature", "5"
+    at.run()
+    box = at.sidebar.selectbox(key="run_decomposer")
+    box.set_value(next(o for o in box.options if o.startswith("snmf-k16"))).run()
+    assert not at.exception, at.exception
+    page = texts(at)
+    assert "planted: cats on mats" in page and "planted-llm" in page
+    assert "detection accuracy 0.80 (shuffled 0.50)" in page and "fuzzing accuracy – (shuffled –)" in page
+    assert "3 malformed replies" in page
+    at.button(key="next").click().run()
+    assert "no explanation for this feature" in texts(at)
+    at.sidebar.radio(key="page").set_value("Features").run()
+    at.text_input(key="search").input("cats on mats").run()
+    shown = at.dataframe[0].value
+    assert shown["feature"].tolist() == [5] and "1 of 16 features" in texts(at)

@@ -42,9 +42,10 @@ from interp.autointerp.prompts import (
 from interp.autointerp.scoring import Trial, derangement, detection_trials, fuzzing_trials, score
 from interp.core.io import atomic_write_bytes, atomic_write_json
 from interp.features import Feature, FeatureIndex
+from interp.features.layout import EXPLANATIONS
 from interp.llm import LLMClient
 
-RESULTS = "explanations.parquet"
+RESULTS = EXPLANATIONS
 SUMMARY = "explanations.json"
 CACHE = "explanations.cache.jsonl"
 METRICS = ("accuracy", "precision", "recall", "f1", "n")

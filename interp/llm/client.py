@@ -75,12 +75,14 @@ class LLMClient:
     Counters: `n_sent` requests sent, `n_cached` answered from the cache, `n_failed` given up on (reply None).
     """
 
-    def __init__(self, config: LLMConfig, cache_path: str | Path | None = None):
+    def __init__(self, config: LLMConfig, cache_path: str | Path | None = None, api_key: str | None = None):
+        """`api_key` is for callers that hold a key in memory already; otherwise it is read from
+        `config.key_env`. It is never stored in the config, the cache or any file."""
         import openai
 
         self.config = config
-        self.openai = openai.OpenAI(base_url=config.url, api_key=config.key(), timeout=config.timeout,
-                                    max_retries=0)  # fmt: skip
+        key = api_key or config.key()
+        self.openai = openai.OpenAI(base_url=config.url, api_key=key, timeout=config.timeout, max_retries=0)
         self.cache = ResponseCache(cache_path) if cache_path is not None else None
         self.n_sent = self.n_cached = self.n_failed = 0
         self.errors: list[str] = []  # the messages of requests given up on
