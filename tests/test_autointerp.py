@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from llm_server import Server, planted_chat_model, serve_command
 
 from interp.autointerp import ExplainConfig, explain_index, explanation_client, parse_features
 from interp.autointerp.examples import (
@@ -33,7 +34,6 @@ from interp.autointerp.prompts import (
 from interp.autointerp.scoring import derangement, detection_trials, fuzzing_trials, metrics, score
 from interp.features import FeatureIndex
 from interp.llm import LLMClient, LLMConfig, LLMError, ResponseCache
-from llm_server import Server, planted_chat_model, serve_command
 
 EXPLANATION = "planted pattern"
 REPLIES = {  # last word of a prompt -> the planted model's reply
@@ -164,6 +164,26 @@ def test_recomputed_codes_match_the_index_and_non_activating_examples_do_not_fir
     assert found >= len(live) // 2
 
 
+def test_test_examples_come_from_the_bands_or_say_they_do_not(toy_index):
+    import dataclasses
+
+    from interp.autointerp.examples import activating_examples, example_id
+
+    index = FeatureIndex.open(toy_index)
+    feature = next(index.feature(f) for f in range(index.n_features) if index.feature(f).count > 20)
+    explain, test, note = activating_examples(feature, 3, 4)
+    banded = {example_id(e) for _, _, ex in feature.bands for e in ex}
+    assert note == "quantile bands" and len(test) == 4 and {example_id(e) for e in test} <= banded
+    assert not {example_id(e) for e in test} & {example_id(e) for e in explain}
+    shown = {example_id(e) for e in explain}
+    unseen = [[e for e in ex if example_id(e) not in shown] for _, _, ex in feature.bands]
+    lows = [ex[0] for ex in unseen if ex]  # round-robin: the first unseen example of each band, lowest first
+    assert [example_id(e) for e in test[: len(lows)]] == [example_id(e) for e in lows][: len(test)]
+    bare = dataclasses.replace(feature, bands=[(0.0, 1.0, [])])
+    explain, test, note = activating_examples(bare, 3, 4)
+    assert note == "top examples not shown (no quantile bands)" and test == feature.top[3:7]
+
+
 # ------------------------------------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -240,10 +260,10 @@ def test_wrong_model_name_is_explained(server):
 
 
 def test_unreachable_endpoint_is_a_clear_cli_error(index_copy):
+    from llm_server import free_port
     from typer.testing import CliRunner
 
     from interp.cli import app
-    from llm_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     result = CliRunner().invoke(app, ["explain", str(index_copy.path), "--features", "0-1", "--llm-url", url,
@@ -309,11 +329,15 @@ def test_index_api_and_browser_show_explanations(monkeypatch, tmp_path_factory, 
     cache = tmp_path / "cache"
     shutil.copytree(shared_toy_cache(tmp_path_factory), cache)
     folder = cache / "decomposers" / "toy" / "1.mlp_hidden" / "snmf-k16"
-    assert FeatureIndex.open(folder).explanation(5) is None and FeatureIndex.open(folder).explanations() is None
+    assert (
+        FeatureIndex.open(folder).explanation(5) is None and FeatureIndex.open(folder).explanations() is None
+    )
     planted_explanations(folder / "index")
     index = FeatureIndex.open(folder)
     assert index.explanation(5)["detection_accuracy"] == 0.8 and index.explanation(4) is None
-    assert index.table.at[5, "explanation"] == "planted: cats on mats" and index.table.at[4, "explanation"] == ""
+    assert (
+        index.table.at[5, "explanation"] == "planted: cats on mats" and index.table.at[4, "explanation"] == ""
+    )
 
     monkeypatch.setenv("INTERP_CACHE", str(cache))
     monkeypatch.delenv("INTERP_INDEX", raising=False)

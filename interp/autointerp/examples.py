@@ -131,7 +131,7 @@ def load_encoder(index: FeatureIndex) -> tuple[Any, Any] | None:
 
 @torch.no_grad()
 def pool_codes(encoder: tuple[Any, Any], pool: list[Example], features: list[int], context: int | None = None,
-               chunk: int = 4096) -> list[torch.Tensor]:  # fmt: skip
+               chunk: int = 1024) -> list[torch.Tensor]:  # fmt: skip
     """Codes of `features` over each pool window (cut to `context`): `[len(window), len(features)]` each."""
     decomposer, store = encoder
     rows = torch.tensor([e.row - e.peak + j for e in pool for j in inside(e, context)], dtype=torch.long)

@@ -215,6 +215,8 @@ def _write(folder: Path, rows: dict[int, dict[str, Any]]) -> None:
     """explanations.parquet: this run's rows, and rows of earlier runs for other features."""
     import pandas as pd
 
+    if not rows:
+        return
     table = pd.DataFrame(list(rows.values()))
     path = folder / RESULTS
     if path.exists():

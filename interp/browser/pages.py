@@ -198,7 +198,9 @@ def explanation_panel(index: FeatureIndex, feature: int) -> None:
         if "explanation" in index.table.columns:
             st.caption("no explanation for this feature (explain it with `interp explain --features ...`)")
         return
-    st.info(f"**Explanation** ({row['llm_model']}, {row['prompt_version']}): {row['explanation'] or '(none)'}")
+    st.info(
+        f"**Explanation** ({row['llm_model']}, {row['prompt_version']}): {row['explanation'] or '(none)'}"
+    )
     st.caption(views.scores_line(row))
 
 
