@@ -357,3 +357,34 @@ def test_index_api_and_browser_show_explanations(monkeypatch, tmp_path_factory, 
     at.text_input(key="search").input("cats on mats").run()
     shown = at.dataframe[0].value
     assert shown["feature"].tolist() == [5] and "1 of 16 features" in texts(at)
+
+
+@pytest.mark.slow
+def test_server_going_down_mid_run_keeps_what_was_scored(server, index_copy):
+    """Last in this module: it stops the server. After the explanations and the first chunk, the real server
+    goes away; the run stops with a clear error and the parquet keeps the explanations and the first chunk."""
+    import pandas as pd
+
+    class StopsTheServer(LLMClient):
+        calls = 0
+
+        def map(self, conversations, desc="LLM", progress=True):
+            self.calls += 1
+            if self.calls == 3:  # 1: explanations, 2: the first chunk's scores, 3: the server is gone
+                server.stop()
+            return super().map(conversations, desc, progress)
+
+    llm = LLMConfig(url=server.url, model=server.model, retries=1, backoff=0.1, timeout=5)
+    live = [f for f in range(index_copy.n_features) if index_copy.feature(f).count > 0][:4]
+    client = StopsTheServer(llm, index_copy.path / "explanations.cache.jsonl")
+    with pytest.raises(LLMError, match="unreachable"):
+        explain_index(index_copy, live, client, SMALL, progress=False)  # chunks of 2 features
+    table = pd.read_parquet(index_copy.path / "explanations.parquet")
+    assert table["feature"].tolist() == live and (table["explanation"] == EXPLANATION).all()
+    scored = table["detection_accuracy"].notna().tolist()
+    assert scored == [
+        True,
+        True,
+        False,
+        False,
+    ]  # the first chunk's scores were written before the server went
