@@ -196,10 +196,12 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_explain_writes_scores_and_baseline_then_resumes(server, index_copy):
+def test_explain_writes_scores_and_baseline_then_resumes(server, index_copy, monkeypatch):
     import pandas as pd
 
-    llm = LLMConfig(url=server.url, model=server.model, concurrency=4, retries=1, backoff=0.1)
+    monkeypatch.setenv("PLANTED_LLM_KEY", "sk-planted-secret")  # the server ignores keys; no file may hold it
+    llm = LLMConfig(url=server.url, model=server.model, key_env="PLANTED_LLM_KEY", concurrency=4, retries=1,
+                    backoff=0.1)  # fmt: skip
     live = [f for f in range(index_copy.n_features) if index_copy.feature(f).count > 0]
     dead = [f for f in range(index_copy.n_features) if index_copy.feature(f).count == 0]
     features = live[:4] + dead[:1]
@@ -235,7 +237,7 @@ def test_explain_writes_scores_and_baseline_then_resumes(server, index_copy):
     explain_index(index_copy, features, again, SMALL, progress=False)
     assert again.n_sent == 0 and again.n_cached == sent
     pd.testing.assert_frame_equal(pd.read_parquet(index_copy.path / "explanations.parquet"), table)
-    assert "sk-" not in (index_copy.path / "explanations.cache.jsonl").read_text()
+    assert not [p for p in index_copy.path.iterdir() if b"sk-planted-secret" in p.read_bytes()]
 
 
 @pytest.mark.slow
