@@ -43,6 +43,10 @@ def explain_cmd(
     n_explain: Annotated[int, typer.Option(help="top examples shown to the explainer")] = 10,
     n_test: Annotated[int, typer.Option(help="activating (and as many non-activating) test examples")] = 10,
     per_prompt: Annotated[int, typer.Option(help="examples per scoring prompt")] = 5,
+    context: Annotated[
+        int | None,
+        typer.Option(help="tokens each side of a test example's centre (default: the index's window)"),
+    ] = None,
     baseline: Annotated[bool, typer.Option(help="score a shuffled-explanation baseline too")] = True,
     concurrency: Annotated[int, typer.Option(help="requests in flight at once")] = 8,
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
@@ -64,7 +68,7 @@ def explain_cmd(
         llm = LLMConfig(url=llm_url, model=llm_model, key_env=llm_key_env, timeout=timeout, retries=retries,
                         concurrency=concurrency, max_tokens=max_tokens)  # fmt: skip
         config = ExplainConfig(n_explain=n_explain, n_test=n_test, per_prompt=per_prompt, shuffled_baseline=baseline,
-                               seed=seed)  # fmt: skip
+                               context=context, seed=seed)  # fmt: skip
         explain_index(opened, chosen, explanation_client(opened, llm), config, progress=progress)
     except USER_ERRORS as e:
         fail(e)
