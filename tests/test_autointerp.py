@@ -248,10 +248,16 @@ def test_explain_command_against_the_server(server, index_copy):
 
     result = CliRunner().invoke(app, ["explain", str(index_copy.path.parent / "index"), "--features", "0-3",
                                       "--llm-url", server.url, "--llm-model", server.model, "--n-test", "4",
-                                      "--per-prompt", "4", "--n-explain", "4", "--no-progress"])  # fmt: skip
+                                      "--per-prompt", "4", "--n-explain", "4", "--context", "2",
+                                      "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "detection_accuracy" in result.output and "shuffled baseline" in result.output
     assert "malformed replies" in result.output
+    explained = index_copy.explanations()
+    fired = [f for f in range(4) if index_copy.feature(f).count > 0]
+    assert explained["feature"].tolist() == fired and (explained["explanation"] == EXPLANATION).all()
+    summary = json.loads((index_copy.path / "explanations.json").read_text())
+    assert summary["config"]["context"] == 2 and summary["llm_url"] == server.url
 
 
 @pytest.mark.slow
