@@ -199,7 +199,9 @@ def _score_chunk(chunk: list[int], data: dict, rows: dict, donors: dict[int, int
             for shuffled, explanation in tellings:
                 jobs.append((f, name, shuffled, trials, len(conversations)))
                 conversations += [scorer_messages(system, ask, explanation, t.texts) for t in trials]
-    replies = client.map(conversations, desc="score", progress=progress)
+    # a list of labels is short: cap the reply (small local models may ramble on)
+    limit = min(client.config.max_tokens, 16 + 4 * config.per_prompt)
+    replies = client.map(conversations, desc="score", progress=progress, max_tokens=limit)
     for f, name, shuffled, trials, first in jobs:
         result, malformed = score(trials, replies[first : first + len(trials)])
         row = rows[f]

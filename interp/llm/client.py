@@ -172,16 +172,16 @@ class LLMClient:
             self.cache.put(key, text, self.config.model)
         return text
 
-    def map(
-        self, conversations: list[Messages], desc: str = "LLM", progress: bool = True
-    ) -> list[str | None]:
-        """`chat` of each conversation, `concurrency` at a time, in order; the first `LLMError` stops them all."""
+    def map(self, conversations: list[Messages], desc: str = "LLM", progress: bool = True,
+            **params: Any) -> list[str | None]:  # fmt: skip
+        """`chat(c, **params)` of each conversation, `concurrency` at a time, in order; the first `LLMError`
+        stops them all."""
         out: list[str | None] = [None] * len(conversations)
         if not conversations:
             return out
         bar = tqdm(total=len(conversations), desc=desc, disable=not progress, leave=False)
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            futures = {pool.submit(self.chat, c): i for i, c in enumerate(conversations)}
+            futures = {pool.submit(self.chat, c, **params): i for i, c in enumerate(conversations)}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
