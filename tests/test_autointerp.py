@@ -376,11 +376,11 @@ def test_server_going_down_mid_run_keeps_what_was_scored(server, index_copy):
     class StopsTheServer(LLMClient):
         calls = 0
 
-        def map(self, conversations, desc="LLM", progress=True):
+        def map(self, conversations, desc="LLM", progress=True, **params):
             self.calls += 1
             if self.calls == 3:  # 1: explanations, 2: the first chunk's scores, 3: the server is gone
                 server.stop()
-            return super().map(conversations, desc, progress)
+            return super().map(conversations, desc, progress, **params)
 
     llm = LLMConfig(url=server.url, model=server.model, retries=1, backoff=0.1, timeout=5)
     live = [f for f in range(index_copy.n_features) if index_copy.feature(f).count > 0][:4]
