@@ -74,14 +74,15 @@ def page_features(index: FeatureIndex) -> None:
     if index.manifest.n_tokens == 0:
         st.warning("This index was built on 0 tokens: every feature is empty. Capture a corpus with text.")
     c1, c2, c3 = st.columns([3, 2, 1])
-    query = c1.text_input("Search top tokens, example text or promoted tokens", key="search")
+    searched = [c for c in ("top_tokens", "top_text", "promoted", "explanation") if c in table.columns]
+    query = c1.text_input("Search " + ", ".join(c.replace("_", " ") for c in searched), key="search")
     sort = c2.selectbox("Sort by", ["max_activation", "density", "mean_activation", "count", "feature"],
                         key="sort")  # fmt: skip
     descending = c3.toggle("Descending", value=True, key="descending")
     view = table
     if query:
         mask = False
-        for column in ("top_tokens", "top_text", "promoted"):
+        for column in searched:
             mask = mask | table[column].str.contains(query, case=False, regex=False)
         view = table[mask]
     view = view.sort_values(sort, ascending=not descending, kind="stable")
@@ -137,6 +138,7 @@ def page_feature(index: FeatureIndex) -> None:
     st.header(f"Feature {f.id}")
     tokens = index.table.at[f.id, "top_tokens"]
     st.caption(f"{m.method} · {m.site} · {m.model}" + (f" · top tokens: {tokens}" if tokens else ""))
+    explanation_panel(index, f.id)
     c = st.columns(4)
     c[0].metric("density", f"{f.density:.3%}")
     c[1].metric("max activation", f"{f.max:.4g}")
@@ -187,6 +189,19 @@ def page_feature(index: FeatureIndex) -> None:
         for other, cos in f.similar:
             label = f"#{other} · cos {cos:.2f} · {index.table.at[other, 'top_tokens']}"
             st.button(label, key=f"similar_{other}", on_click=open_feature, args=(other,))
+
+
+def explanation_panel(index: FeatureIndex, feature: int) -> None:
+    """The feature's LLM explanation and its scores against the shuffled-explanation baseline (`interp explain`)."""
+    row = index.explanation(feature)
+    if row is None:
+        if "explanation" in index.table.columns:
+            st.caption("no explanation for this feature (explain it with `interp explain --features ...`)")
+        return
+    st.info(
+        f"**Explanation** ({row['llm_model']}, {row['prompt_version']}): {row['explanation'] or '(none)'}"
+    )
+    st.caption(views.scores_line(row))
 
 
 def hierarchy_panel(index: FeatureIndex, f) -> None:

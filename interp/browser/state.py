@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from interp.features.layout import EXPLANATIONS
 from interp.features.reader import FeatureIndex, find_indexes, find_unindexed
 
 
@@ -29,8 +30,9 @@ def settings() -> tuple[Path, Path | None]:
 
 # ----------------------------------------------------------------------------------------------- cached reads
 def index_mtime(path: str) -> float:
-    manifest = Path(path) / "manifest.json"
-    return manifest.stat().st_mtime if manifest.exists() else 0.0
+    """When the index (or its explanations) last changed: the key of the cached reads."""
+    files = [Path(path) / name for name in ("manifest.json", EXPLANATIONS)]
+    return max((f.stat().st_mtime for f in files if f.exists()), default=0.0)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -10,18 +10,19 @@ from interp.cli.capture import capture_cmd, models_cmd, summary_cmd
 from interp.cli.common import interruptible
 from interp.cli.demo import demo_cmd
 from interp.cli.evaluate import evaluate_cmd
+from interp.cli.explain import explain_cmd
 from interp.cli.fit import fit_cmd
 from interp.cli.import_ import import_cmd
 from interp.cli.index import index_cmd
 from interp.cli.steer_eval import steer_eval_cmd
 
-HELP = "capture | fit | import | evaluate | bench | index | browse | steer-eval | models | summary | demo"
+HELP = "capture | fit | import | evaluate | bench | index | explain | browse | steer-eval | models | summary | demo"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
 
 COMMANDS = {
     "capture": capture_cmd, "summary": summary_cmd, "models": models_cmd, "fit": fit_cmd,
-    "evaluate": evaluate_cmd, "index": index_cmd, "browse": browse_cmd, "steer-eval": steer_eval_cmd,
-    "demo": demo_cmd, "import": import_cmd,
+    "evaluate": evaluate_cmd, "index": index_cmd, "explain": explain_cmd, "browse": browse_cmd,
+    "steer-eval": steer_eval_cmd, "demo": demo_cmd, "import": import_cmd,
 }  # fmt: skip
 GROUPS = {"bench": bench_app}  # commands with subcommands
 for name, command in COMMANDS.items():

@@ -5,6 +5,7 @@ index/features.parquet      # one row per feature: density, max, mean, top token
 index/index.safetensors     # per-feature tensors, first dimension n_features
 index/tokens.parquet        # id -> display text of every token id the index mentions
 index/hierarchy.json        # optional: SNMF hierarchy {"levels": [...], "nodes": [...]}
+index/explanations.parquet  # optional (`interp explain`): one row per explained feature, with its scores
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ TOKENS = "tokens.parquet"
 
 
 HIERARCHY = "hierarchy.json"
+
+
+EXPLANATIONS = "explanations.parquet"
 
 
 class FeatureIndexError(ValueError):

@@ -12,6 +12,7 @@ import torch
 
 from interp import __version__
 from interp.features.layout import (
+    EXPLANATIONS,
     HIERARCHY,
     INDEX_DIR,
     INDEX_FORMAT_VERSION,
@@ -111,11 +112,32 @@ class FeatureIndex:
         tokens = pd.read_parquet(path / TOKENS)
         vocab = dict(zip(tokens["id"].tolist(), tokens["text"].tolist(), strict=True))
         tree = json.loads((path / HIERARCHY).read_text()) if (path / HIERARCHY).exists() else None
-        return cls(path, manifest, pd.read_parquet(path / TABLE), vocab, tree)
+        table = pd.read_parquet(path / TABLE)
+        if (path / EXPLANATIONS).exists():  # the explanations join the table, for sorting and search
+            explained = pd.read_parquet(path / EXPLANATIONS, columns=["feature", "explanation"])
+            text = dict(zip(explained["feature"].tolist(), explained["explanation"].tolist(), strict=True))
+            table["explanation"] = [text.get(f, "") for f in table["feature"].tolist()]
+        return cls(path, manifest, table, vocab, tree)
 
     @property
     def n_features(self) -> int:
         return self.manifest.n_features
+
+    def explanations(self) -> Any:
+        """The table `interp explain` wrote (one row per explained feature: explanation, detection / fuzzing
+        scores and their shuffled baselines, example ids, LLM and prompt version), or None when not explained."""
+        import pandas as pd
+
+        path = self.path / EXPLANATIONS
+        return pd.read_parquet(path) if path.exists() else None
+
+    def explanation(self, feature: int) -> dict[str, Any] | None:
+        """The explanation row of one feature (a dict), or None when it has none."""
+        table = self.explanations()
+        if table is None:
+            return None
+        rows = table[table["feature"] == self.check_feature(feature)]
+        return rows.iloc[-1].to_dict() if len(rows) else None
 
     def _row(self, name: str, feature: int) -> torch.Tensor:
         return self._file.get_slice(name)[feature]

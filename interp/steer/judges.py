@@ -8,23 +8,21 @@ Offline, by default:
 - `fluency_scores`: perplexity of the continuation under the unsteered model, relative to a reference perplexity,
   times the fraction of distinct bigrams (repetition): 2 * min(1, ppl_ref / ppl) * distinct_2.
 - `harmonic_mean(concept, fluency)`: AxBench's aggregate.
-Optional: `LLMJudge`, any OpenAI-compatible chat endpoint (INTERP_JUDGE_URL, INTERP_JUDGE_KEY, INTERP_JUDGE_MODEL),
-with the paper's 0-2 rubric.
+Optional: `LLMJudge`, any OpenAI-compatible chat endpoint (INTERP_JUDGE_URL, INTERP_JUDGE_KEY, INTERP_JUDGE_MODEL,
+INTERP_JUDGE_CONCURRENCY) through `interp.llm`, with the paper's 0-2 rubric.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
+from interp.llm import LLMClient, LLMConfig, LLMError
 from interp.models import LoadedModel
 
 WORD = re.compile(r"[a-z']+")
@@ -168,54 +166,57 @@ FLUENCY_RUBRIC = (
 
 @dataclass
 class LLMJudge:
-    """Rates texts 0-2 through an OpenAI-compatible `/chat/completions` endpoint."""
+    """Rates texts 0-2 through any OpenAI-compatible chat endpoint (the project's `interp.llm` client: retries
+    with backoff, `concurrency` requests at once)."""
 
     url: str  # base URL, e.g. http://127.0.0.1:8000/v1
     model: str
     key: str = ""
     timeout: float = 30.0
+    retries: int = 2
+    concurrency: int = 1
 
     @classmethod
     def from_env(cls) -> LLMJudge | None:
-        """A judge from INTERP_JUDGE_URL / INTERP_JUDGE_MODEL / INTERP_JUDGE_KEY, or None when not configured."""
+        """A judge from INTERP_JUDGE_URL / INTERP_JUDGE_MODEL / INTERP_JUDGE_KEY (and INTERP_JUDGE_CONCURRENCY,
+        default 4), or None when not configured."""
         url = os.environ.get("INTERP_JUDGE_URL")
         if not url:
             return None
-        return cls(
-            url, os.environ.get("INTERP_JUDGE_MODEL", "gpt-4o-mini"), os.environ.get("INTERP_JUDGE_KEY", "")
-        )
+        return cls(url, os.environ.get("INTERP_JUDGE_MODEL", "gpt-4o-mini"), os.environ.get("INTERP_JUDGE_KEY", ""),
+                   concurrency=int(os.environ.get("INTERP_JUDGE_CONCURRENCY", "4")))  # fmt: skip
+
+    def client(self) -> LLMClient:
+        config = LLMConfig(url=self.url, model=self.model, timeout=self.timeout, retries=self.retries,
+                           backoff=0.5, concurrency=self.concurrency, max_tokens=3, temperature=0.0)  # fmt: skip
+        return LLMClient(config, api_key=self.key or None)
+
+    def rate_all(self, prompts: list[str]) -> list[int]:
+        """One 0-2 rating per prompt, `concurrency` requests at once."""
+        try:
+            replies = self.client().map([[{"role": "user", "content": p}] for p in prompts], progress=False)
+        except LLMError as e:
+            raise JudgeError(f"{e} (the LLM judge; check INTERP_JUDGE_URL or unset it to use the offline "
+                             "judges)") from e  # fmt: skip
+        ratings = []
+        for reply in replies:
+            if reply is None:
+                raise JudgeError(f"the LLM judge at {self.url} rejected a request; check INTERP_JUDGE_MODEL")
+            digit = re.search(r"[012]", reply)
+            if digit is None:
+                raise JudgeError(f"the LLM judge answered {reply!r}, not a rating 0-2")
+            ratings.append(int(digit.group()))
+        return ratings
 
     def rate(self, prompt: str) -> int:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 3,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()  # fmt: skip
-        request = urllib.request.Request(
-            self.url.rstrip("/") + "/chat/completions", data=body,
-            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"} if self.key else {})},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read())
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise JudgeError(
-                f"the LLM judge at {self.url} is unreachable ({e}); check INTERP_JUDGE_URL or unset it "
-                "to use the offline judges"
-            ) from e
-        try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as e:
-            raise JudgeError(
-                f"the LLM judge at {self.url} sent an unexpected reply: {str(reply)[:200]}"
-            ) from e
-        digit = re.search(r"[012]", content)
-        if digit is None:
-            raise JudgeError(f"the LLM judge answered {content!r}, not a rating 0-2")
-        return int(digit.group())
+        return self.rate_all([prompt])[0]
 
     def concept_scores(self, texts: list[str], concept: str) -> torch.Tensor:
-        return torch.tensor([float(self.rate(CONCEPT_RUBRIC.format(concept=concept, text=t))) for t in texts])
+        prompts = [CONCEPT_RUBRIC.format(concept=concept, text=t) for t in texts]
+        return torch.tensor([float(r) for r in self.rate_all(prompts)])
 
     def fluency_scores(self, texts: list[str]) -> torch.Tensor:
-        return torch.tensor([float(self.rate(FLUENCY_RUBRIC.format(text=t))) for t in texts])
+        return torch.tensor([float(r) for r in self.rate_all([FLUENCY_RUBRIC.format(text=t) for t in texts])])
 
 
 def mean_or_nan(values: torch.Tensor) -> float:
