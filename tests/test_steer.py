@@ -19,14 +19,8 @@ from interp.models.sites import parse_site
 from interp.steer.calibration import NEUTRAL_PROMPTS, Prompts, alpha_for_kl, kl_function
 from interp.steer.concepts import ConceptError, load_concepts, make_concept_set
 from interp.steer.detection import auroc, log_ratio
-from interp.steer.judges import (
-    ConceptClassifier,
-    JudgeError,
-    LLMJudge,
-    distinct_bigrams,
-    fluency_scores,
-    harmonic_mean,
-)
+from interp.steer.judges import ConceptClassifier, distinct_bigrams, fluency_scores, harmonic_mean
+from interp.steer.llm_judge import JudgeError, http_complete
 
 BACKENDS = ("torch", "transformer_lens", "nnsight")
 
@@ -210,21 +204,15 @@ def stub_judge():
     server.shutdown()
 
 
-def test_llm_judge_client_against_a_stub_server(stub_judge):
+def test_llm_judge_transport_against_a_stub_server(stub_judge):
     url, handler = stub_judge
-    handler.replies = ["2", "Rating: 1", "0"]
-    judge = LLMJudge(url, "stub-model", key="secret")
-    assert judge.concept_scores(["a text about sport"], "sport").tolist() == [2.0]
-    assert judge.fluency_scores(["fine text", "bad bad bad"]).tolist() == [1.0, 0.0]
-    assert (
-        handler.requests[0]["model"] == "stub-model"
-        and "sport" in handler.requests[0]["messages"][0]["content"]
-    )
+    handler.replies = ["2", "Rating: [[1]]"]
+    complete = http_complete(url, "stub-model", key="secret")
+    assert complete(["a text about sport", "fine text"]) == ["2", "Rating: [[1]]"]
+    assert handler.requests[0]["model"] == "stub-model"
+    assert handler.requests[0]["messages"][0]["content"] == "a text about sport"
     with pytest.raises(JudgeError, match="unreachable"):
-        LLMJudge("http://127.0.0.1:9/v1", "m", timeout=2).rate("x")  # port 9: nothing listens
-    handler.replies = ["I cannot rate that"]
-    with pytest.raises(JudgeError, match="not a rating 0-2"):
-        judge.rate("x")
+        http_complete("http://127.0.0.1:9/v1", "m", timeout=2)(["x"])  # port 9: nothing listens
 
 
 def write_concepts(path):
@@ -236,7 +224,7 @@ def write_concepts(path):
 
 def steer_args(tmp_path, decomposer) -> list[str]:
     return ["steer-eval", "--model", "tiny-llama", "--site", "1.mlp_hidden", "--decomposer", str(decomposer),
-            "--concepts", str(write_concepts(tmp_path / "concepts.jsonl")), "--kl-targets", "0.002,0.005",
+            "--concepts", str(write_concepts(tmp_path / "concepts.jsonl")), "--kl-targets", "0.002,0.005", "--signs", "1",
             "--n-samples", "2", "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
 
 
@@ -247,10 +235,10 @@ def test_steer_eval_end_to_end_and_resume(tmp_path, fixed_method):
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
     for name in ("results.parquet", "results.csv", "summary.md", "detection.csv", "score_vs_kl.html",
-                 "concept_vs_fluency.html"):  # fmt: skip
+                 "concept_vs_fluency.html", "best_scores.html"):  # fmt: skip
         assert (out / name).exists(), name
     lines = (out / "cells.jsonl").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 3 * 2  # reference + concepts x methods x targets
+    assert len(lines) == 2 + 2 * 3 * 2  # unsteered per concept + concepts x methods x targets
     assert "| cats |" in result.output and "diff_in_means" in result.output
     # an interruption mid-cell leaves a torn last line: the rerun redoes that cell only
     (out / "cells.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
@@ -278,8 +266,10 @@ def test_steer_eval_bad_input(tmp_path, fixed_method, stub_judge, monkeypatch):
     # the judge endpoint dies mid-run: a clear error, the finished cells are kept, and a rerun resumes
     url, handler = stub_judge
     monkeypatch.setenv("INTERP_JUDGE_URL", url)
-    handler.replies = ["1"] * 40  # enough for the reference and a few cells, then HTTP 500
-    args = [*steer_args(tmp_path, tmp_path / "fixed"), "--out", str(tmp_path / "o4"), "--llm-judge"]
+    handler.replies = [
+        "1"
+    ] * 200  # the check, the unsteered rows (48 ratings each) and two cells, then HTTP 500
+    args = [*steer_args(tmp_path, tmp_path / "fixed"), "--out", str(tmp_path / "o4"), "--judge", "llm"]
     died = runner.invoke(app, args)
     assert died.exit_code == 2 and "LLM judge" in died.output
     kept = (tmp_path / "o4" / "cells.jsonl").read_text().splitlines()
