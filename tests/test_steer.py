@@ -223,9 +223,14 @@ def write_concepts(path):
 
 
 def steer_args(tmp_path, decomposer) -> list[str]:
-    return ["steer-eval", "--model", "tiny-llama", "--site", "1.mlp_hidden", "--decomposer", str(decomposer),
-            "--concepts", str(write_concepts(tmp_path / "concepts.jsonl")), "--kl-targets", "0.002,0.005", "--signs", "1",
-            "--n-samples", "2", "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
+    settings = (
+        tmp_path / "eval.toml"
+    )  # short prompts of one length each: one generate call per split and cell
+    settings.write_text('prompts = ["The cat", "The dog"]\nselect_prompts = ["Yesterday,"]\n')
+    return ["steer-eval", "--config", str(settings), "--model", "tiny-llama", "--site", "1.mlp_hidden",
+            "--decomposer", str(decomposer), "--concepts", str(write_concepts(tmp_path / "concepts.jsonl")),
+            "--kl-targets", "0.002,0.005", "--signs", "1", "--n-samples", "2", "--max-new-tokens", "4",
+            "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
 
 
 def test_steer_eval_end_to_end_and_resume(tmp_path, fixed_method):

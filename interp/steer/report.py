@@ -122,7 +122,7 @@ def frame_markdown(frame) -> str:
     return markdown([frame.index.name or "", *map(str, frame.columns)], rows)
 
 
-def headline(intervals: dict, differences: dict) -> str:
+def headline(differences: dict) -> str:
     """The verdict at the top of summary.md: which methods beat unsteered text (paired interval above 0)."""
     beat = [a for (a, b), d in differences.items() if b == UNSTEERED and d.lo > 0]
     if not beat:
@@ -150,7 +150,7 @@ def summary(rows: list[dict], unsteered: list[dict], detections: list, layout: L
     auroc = detection.pivot(index="concept", columns="method", values="held_out_auroc")
     auroc.loc["mean"] = auroc.mean()
     unreached = [r for r in rows if not r["reached"]]
-    lines = [f"# {layout.title}", "", headline(intervals, diff_intervals), "",
+    lines = [f"# {layout.title}", "", headline(diff_intervals), "",
              f"Judge: {layout.judge}. Strength per concept and method chosen on the selection prompts (best mean "
              f"score among cells that reached their KL target); scores on the test prompts, mean over concepts "
              f"[95% bootstrap interval over prompts and samples]; {layout.cell_note}.", "",
