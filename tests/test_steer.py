@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
@@ -19,14 +17,8 @@ from interp.models.sites import parse_site
 from interp.steer.calibration import NEUTRAL_PROMPTS, Prompts, alpha_for_kl, kl_function
 from interp.steer.concepts import ConceptError, load_concepts, make_concept_set
 from interp.steer.detection import auroc, log_ratio
-from interp.steer.judges import (
-    ConceptClassifier,
-    JudgeError,
-    LLMJudge,
-    distinct_bigrams,
-    fluency_scores,
-    harmonic_mean,
-)
+from interp.steer.judges import ConceptClassifier, distinct_bigrams, fluency_scores, harmonic_mean
+from interp.steer.llm_judge import JudgeError, client_complete
 
 BACKENDS = ("torch", "transformer_lens", "nnsight")
 
@@ -209,53 +201,31 @@ def test_judges_on_texts_with_known_answers():
     )
 
 
-class _StubJudge(BaseHTTPRequestHandler):
-    replies: list[str] = []
-    requests: list[dict] = []
+@pytest.fixture(scope="module")
+def judge_server(tmp_path_factory):
+    """A real `transformers serve` of a planted chat model: every judge prompt ends in "End]" (of its
+    "[Text Fragment End]"), and the model replies to that word with the rating "[[2]]"."""
+    from llm_server import Server, planted_chat_model, serve_command
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(body)
-        if not type(self).replies:
-            self.send_response(500)
-            self.end_headers()
-            return
-        content = type(self).replies.pop(0)
-        data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    if serve_command() is None:
+        pytest.skip("transformers[serving] is not installed (pip install 'transformers[serving]')")
+    folder = planted_chat_model(tmp_path_factory.mktemp("judge") / "chat", {"End]": "[[2]]"})
+    running = Server(folder, folder.parent / "serve.log")
+    yield running
+    running.stop()
 
 
-@pytest.fixture
-def stub_judge():
-    server = HTTPServer(("127.0.0.1", 0), _StubJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _StubJudge.replies, _StubJudge.requests = [], []
-    yield f"http://127.0.0.1:{server.server_port}/v1", _StubJudge
-    server.shutdown()
+@pytest.mark.slow
+def test_llm_judge_rates_through_a_real_server(judge_server, monkeypatch):
+    from interp.steer.llm_judge import rate_texts
 
-
-def test_llm_judge_client_against_a_stub_server(stub_judge):
-    url, handler = stub_judge
-    handler.replies = ["2", "Rating: 1", "0"]
-    judge = LLMJudge(url, "stub-model", key="secret")
-    assert judge.concept_scores(["a text about sport"], "sport").tolist() == [2.0]
-    assert judge.fluency_scores(["fine text", "bad bad bad"]).tolist() == [1.0, 0.0]
-    assert (
-        handler.requests[0]["model"] == "stub-model"
-        and "sport" in handler.requests[0]["messages"][0]["content"]
-    )
+    monkeypatch.setenv("INTERP_JUDGE_KEY", "secret")  # read from the environment, sent, never written
+    complete = client_complete(judge_server.url, judge_server.model, key_env="INTERP_JUDGE_KEY")
+    rated = rate_texts(complete, ["the cat sat", "a dog ran"], "cats", ["Tell me", "Say"])
+    assert rated.unparseable == 0 and torch.equal(rated.score, torch.tensor([2.0, 2.0]))
+    assert all(torch.equal(r, torch.tensor([2.0, 2.0])) for r in rated.ratings.values())
     with pytest.raises(JudgeError, match="unreachable"):
-        LLMJudge("http://127.0.0.1:9/v1", "m", timeout=2).rate("x")  # port 9: nothing listens
-    handler.replies = ["I cannot rate that"]
-    with pytest.raises(JudgeError, match="not a rating 0-2"):
-        judge.rate("x")
+        client_complete("http://127.0.0.1:9/v1", "m", timeout=2, retries=0)(["x"])  # port 9: nothing listens
 
 
 def write_concepts(path):
@@ -266,9 +236,14 @@ def write_concepts(path):
 
 
 def steer_args(tmp_path, decomposer) -> list[str]:
-    return ["steer-eval", "--model", "tiny-llama", "--site", "1.mlp_hidden", "--decomposer", str(decomposer),
-            "--concepts", str(write_concepts(tmp_path / "concepts.jsonl")), "--kl-targets", "0.002,0.005",
-            "--n-samples", "2", "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
+    settings = (
+        tmp_path / "eval.toml"
+    )  # short prompts of one length each: one generate call per split and cell
+    settings.write_text('prompts = ["The cat", "The dog"]\nselect_prompts = ["Yesterday,"]\n')
+    return ["steer-eval", "--config", str(settings), "--model", "tiny-llama", "--site", "1.mlp_hidden",
+            "--decomposer", str(decomposer), "--concepts", str(write_concepts(tmp_path / "concepts.jsonl")),
+            "--kl-targets", "0.002,0.005", "--signs", "1", "--n-samples", "2", "--max-new-tokens", "4",
+            "--device", "cpu", "--out", str(tmp_path / "out")]  # fmt: skip
 
 
 def test_steer_eval_end_to_end_and_resume(tmp_path, fixed_method):
@@ -278,10 +253,10 @@ def test_steer_eval_end_to_end_and_resume(tmp_path, fixed_method):
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
     for name in ("results.parquet", "results.csv", "summary.md", "detection.csv", "score_vs_kl.html",
-                 "concept_vs_fluency.html"):  # fmt: skip
+                 "concept_vs_fluency.html", "best_scores.html"):  # fmt: skip
         assert (out / name).exists(), name
     lines = (out / "cells.jsonl").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 3 * 2  # reference + concepts x methods x targets
+    assert len(lines) == 2 + 2 * 3 * 2  # unsteered per concept + concepts x methods x targets
     assert "| cats |" in result.output and "diff_in_means" in result.output
     # an interruption mid-cell leaves a torn last line: the rerun redoes that cell only
     (out / "cells.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
@@ -325,8 +300,10 @@ def test_steer_eval_bad_input(tmp_path, fixed_method, stub_judge, monkeypatch):
     # the judge endpoint dies mid-run: a clear error, the finished cells are kept, and a rerun resumes
     url, handler = stub_judge
     monkeypatch.setenv("INTERP_JUDGE_URL", url)
-    handler.replies = ["1"] * 40  # enough for the reference and a few cells, then HTTP 500
-    args = [*steer_args(tmp_path, tmp_path / "fixed"), "--out", str(tmp_path / "o4"), "--llm-judge"]
+    handler.replies = [
+        "1"
+    ] * 200  # the check, the unsteered rows (48 ratings each) and two cells, then HTTP 500
+    args = [*steer_args(tmp_path, tmp_path / "fixed"), "--out", str(tmp_path / "o4"), "--judge", "llm"]
     died = runner.invoke(app, args)
     assert died.exit_code == 2 and "LLM judge" in died.output
     kept = (tmp_path / "o4" / "cells.jsonl").read_text().splitlines()

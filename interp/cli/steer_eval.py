@@ -1,5 +1,5 @@
-"""`interp steer-eval`: concept detection and steering of features against difference-in-means and random
-directions, from flags or a TOML file; resumable."""
+"""`interp steer-eval`: concept detection and steering of features against difference-in-means, matched random
+directions and unsteered text, from flags or a TOML file; resumable."""
 
 from __future__ import annotations
 
@@ -70,7 +70,20 @@ def steer_eval_cmd(
     per_concept: int | None = None,
     seed: int | None = None,
     device: str | None = None,
-    llm_judge: Annotated[bool | None, typer.Option(help="also rate with INTERP_JUDGE_URL's model")] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="offline | llm | both (llm: AxBench rubric via INTERP_JUDGE_URL)")
+    ] = None,
+    steer_at: Annotated[
+        str | None,
+        typer.Option(
+            help="paper | site | mlp_hidden | mlp_out | resid, then METHOD=KIND items (comma-separated)"
+        ),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="torch | nnsight | transformer_lens")] = None,
+    signs: Annotated[str | None, typer.Option(help="comma-separated: 1,-1 (each sign calibrated)")] = None,
+    n_random: Annotated[
+        int | None, typer.Option(help="random directions the random baseline is the best of (0: matched)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="results folder (default cache/steer/MODEL/SITE)")] = None,
 ) -> None:
     """Concept detection and steering of features vs difference-in-means and random directions; resumable."""
@@ -83,7 +96,8 @@ def steer_eval_cmd(
         "methods": None if methods is None else tuple(m.strip() for m in methods.split(",")),
         "kl_targets": _floats(kl_targets), "strengths": _floats(strengths), "n_samples": n_samples,
         "max_new_tokens": max_new_tokens, "per_concept": per_concept, "seed": seed, "device": device,
-        "llm_judge": llm_judge,
+        "judge": judge, "steer_at": steer_at, "backend": backend, "n_random": n_random,
+        "signs": None if signs is None else tuple(int(float(v)) for v in signs.split(",") if v.strip()),
     }  # fmt: skip
     try:
         settings = steer_eval_config(config, flags)

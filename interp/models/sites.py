@@ -72,6 +72,9 @@ class FamilySpec:
     cfg_d_model: str
     cfg_d_mlp: str
     cfg_n_ctx: str
+    post_mlp_norm: str = (
+        ""  # in a block: the norm applied to the MLP's output before the residual add (Gemma)
+    )
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -86,10 +89,12 @@ FAMILIES: dict[str, FamilySpec] = {
     "gemma2": FamilySpec(
         ("gemma2",), "model.layers", "mlp.down_proj", "post_feedforward_layernorm", "model.norm", "lm_head",
         "num_hidden_layers", "hidden_size", "intermediate_size", "max_position_embeddings",
+        "post_feedforward_layernorm",
     ),
     "gemma3": FamilySpec(
         ("gemma3_text", "gemma3"), "model.layers", "mlp.down_proj", "post_feedforward_layernorm", "model.norm",
         "lm_head", "num_hidden_layers", "hidden_size", "intermediate_size", "max_position_embeddings",
+        "post_feedforward_layernorm",
     ),
 }  # fmt: skip
 

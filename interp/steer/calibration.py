@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,9 +10,10 @@ import torch
 from interp.evaluate.losses import kl_rows
 from interp.models import LoadedModel
 from interp.models.edits import AddDirection
-from interp.models.hooks import generate, intervene
+from interp.models.hooks import generate, steered_logits
 from interp.models.prompts import right_padded, token_ids
 from interp.models.sites import Site
+from interp.steer.judges import continuation_perplexity
 
 NEUTRAL_PROMPTS = ("I think that", "The", "In my opinion,", "Here is what happened:")
 
@@ -27,16 +27,14 @@ class Prompts:
     lengths: torch.Tensor
     pad: int
 
-    def left_padded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompts left-padded for batched generation: tokens and attention mask `[n, max_len]`."""
-        width = self.tokens.shape[1]
-        positions = torch.arange(width)[None, :]
-        shift = width - self.lengths[:, None]
-        source = (positions - shift).clamp_min(0)
-        tokens = torch.where(
-            positions >= shift, self.tokens.gather(1, source), self.tokens[0, -1].new_tensor(self.pad)
-        )
-        return tokens, (positions >= shift).long()
+    def by_length(self) -> list[tuple[list[int], torch.Tensor]]:
+        """Prompts grouped by length, unpadded: (prompt indices, tokens `[g, length]`) per group. Every backend
+        generates the same from unpadded prompts (TransformerLens' generate takes no attention mask)."""
+        groups = []
+        for length in sorted(set(self.lengths.tolist())):
+            rows = [i for i, n in enumerate(self.lengths.tolist()) if n == length]
+            groups.append((rows, self.tokens[rows, :length]))
+        return groups
 
     @classmethod
     def build(cls, model: LoadedModel, texts: tuple[str, ...]) -> Prompts:
@@ -45,20 +43,14 @@ class Prompts:
 
 
 def next_token_logprobs(
-    model: LoadedModel, prompts: Prompts, site: Site, edit: AddDirection | None
+    model: LoadedModel, prompts: Prompts, site: Site, edit: AddDirection | None, backend: str = "torch"
 ) -> torch.Tensor:
-    """Log-probabilities of the next token after each prompt, `[n_prompts, vocab]`.
+    """Log-probabilities of the next token after each prompt, `[n_prompts, vocab]`, through `backend`.
 
-    Prompts are left-padded so the last column is every prompt's last token, and only that column is unembedded.
-    """
-    tokens, mask = prompts.left_padded()
-    position_ids = (mask.cumsum(1) - 1).clamp_min(0)
-    kwargs = {"attention_mask": mask.to(model.device), "position_ids": position_ids.to(model.device),
-              "logits_to_keep": 1, "use_cache": False}  # fmt: skip
-    context = intervene(model, site, edit) if edit is not None else contextlib.nullcontext()
-    with torch.no_grad(), context:
-        logits = model.hf(input_ids=tokens.to(model.device), **kwargs).logits[:, -1]
-    return logits.float().log_softmax(-1).cpu()
+    Prompts are right-padded (causal attention: padding after a prompt does not change its positions)."""
+    logits = steered_logits(model, prompts.tokens, site, edit, backend=backend)
+    last = (prompts.lengths - 1).to(logits.device)
+    return logits[torch.arange(logits.shape[0], device=logits.device), last].float().log_softmax(-1).cpu()
 
 
 def kl_divergence(clean: torch.Tensor, steered: torch.Tensor) -> float:
@@ -71,6 +63,7 @@ class Calibration:
     alpha: float
     kl: float
     reached: bool  # |kl - target| <= tol * target
+    reason: str = ""  # why not reached: the plateau (KL at the largest strength) or the closest KL found
 
 
 def alpha_for_kl(
@@ -91,7 +84,7 @@ def alpha_for_kl(
     doublings = 0
     while kl_hi < target:
         if doublings == max_doublings:
-            return Calibration(hi, kl_hi, False)
+            return Calibration(hi, kl_hi, False, f"plateau: KL {kl_hi:.3g} at the largest strength {hi:.3g}")
         lo, hi, doublings = hi, hi * 2, doublings + 1
         kl_hi = kl_at(hi)
     best = Calibration(hi, kl_hi, abs(kl_hi - target) <= tol * target)
@@ -103,48 +96,57 @@ def alpha_for_kl(
         if abs(kl - target) < abs(best.kl - target):
             best = Calibration(mid, kl, abs(kl - target) <= tol * target)
         lo, hi = (mid, hi) if kl < target else (lo, mid)
+    if not best.reached:
+        best.reason = f"no strength within {tol:.0%}: closest KL {best.kl:.3g} (KL not monotone in strength)"
     return best
 
 
 def kl_function(
-    model: LoadedModel, prompts: Prompts, site: Site, direction: torch.Tensor
+    model: LoadedModel, prompts: Prompts, site: Site, direction: torch.Tensor, backend: str = "torch"
 ) -> Callable[[float], float]:
-    """Memoized `alpha -> KL(clean || steered)` on the prompts' next-token distributions."""
+    """Memoized `alpha -> KL(clean || steered)` on the prompts' next-token distributions (steered at alpha *
+    direction; pass -direction to calibrate the other sign)."""
     clean = next_token_logprobs(model, prompts, site, None)
     memo: dict[float, float] = {}
 
     def kl_at(alpha: float) -> float:
         if alpha not in memo:
-            memo[alpha] = kl_divergence(
-                clean, next_token_logprobs(model, prompts, site, AddDirection(direction, alpha))
-            )
+            edit = AddDirection(direction, alpha)
+            memo[alpha] = kl_divergence(clean, next_token_logprobs(model, prompts, site, edit, backend))
         return memo[alpha]
 
     return kl_at
 
 
-def steered_samples(
-    model: LoadedModel,
-    prompts: Prompts,
-    site: Site,
-    direction: torch.Tensor | None,
-    alpha: float,
-    n_samples: int,
-    max_new_tokens: int,
-    seed: int,
-    top_k: int = 30,
-    top_p: float = 0.3,
-) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """`n_samples` sampled continuations of every prompt, in one batched (left-padded) generate call.
+@dataclass(frozen=True)
+class Sampling:
+    """How continuations are drawn: `n_samples` per prompt, `max_new_tokens` each, top-k / top-p, seeded."""
 
-    Returns the continuation texts `[n_prompts * n_samples]`, the full sequences `[n, padded_prompt_len +
-    max_new_tokens]` and their attention mask (for perplexity).
-    """
+    n_samples: int = 4
+    max_new_tokens: int = 30
+    top_k: int = 30
+    top_p: float = 0.3
+    seed: int = 0
+    backend: str = "torch"
+
+
+def steered_samples(
+    model: LoadedModel, prompts: Prompts, site: Site, direction: torch.Tensor | None, alpha: float,
+    sampling: Sampling,
+) -> tuple[list[str], torch.Tensor]:  # fmt: skip
+    """`n_samples` continuations of every prompt (one generate call per prompt length) and their perplexity under
+    the unsteered model: texts and `ppl [n_prompts * n_samples]`, ordered prompt-major (row p * n_samples + s)."""
     edit = None if direction is None or alpha == 0 else AddDirection(direction, alpha)
-    tokens, mask = prompts.left_padded()
-    tokens, mask = tokens.repeat_interleave(n_samples, 0), mask.repeat_interleave(n_samples, 0)
-    out = generate(model, tokens, site, edit, max_new_tokens=max_new_tokens, do_sample=True, seed=seed,
-                   attention_mask=mask, top_k=top_k, top_p=top_p).cpu()  # fmt: skip
-    texts = model.tokenizer.batch_decode(out[:, tokens.shape[1] :], skip_special_tokens=True)
-    full_mask = torch.cat([mask, torch.ones(out.shape[0], max_new_tokens, dtype=mask.dtype)], dim=1)
-    return texts, out, full_mask
+    s, n_new = sampling, sampling.max_new_tokens
+    texts: list[str] = [""] * (len(prompts.texts) * s.n_samples)
+    ppl = torch.zeros(len(texts))
+    for rows, tokens in prompts.by_length():
+        tokens = tokens.repeat_interleave(s.n_samples, 0)
+        out = generate(model, tokens, site, edit, max_new_tokens=n_new, do_sample=True, seed=s.seed,
+                       backend=s.backend, top_k=s.top_k, top_p=s.top_p).cpu()  # fmt: skip
+        where = [p * s.n_samples + j for p in rows for j in range(s.n_samples)]
+        decoded = model.tokenizer.batch_decode(out[:, tokens.shape[1] :], skip_special_tokens=True)
+        for i, text in zip(where, decoded, strict=True):
+            texts[i] = text
+        ppl[where] = continuation_perplexity(model, out, tokens.shape[1])
+    return texts, ppl

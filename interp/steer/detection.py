@@ -4,8 +4,9 @@ Per concept, every feature of every decomposer is scored on the train texts by t
 activation (concept texts vs the other concepts' texts) and by the paper's log-ratio
 log(mean activation on concept texts / mean activation on the others); the best feature by train AUROC is then
 scored on held-out texts. Baselines, scored the same way: the difference-in-means direction (train mean of the
-concept minus the rest, on mean-pooled activations), a random direction, and a logistic probe on mean-pooled
-activations (an upper bound: it reads all dimensions).
+concept minus the rest, on mean-pooled activations), the best of N random directions (chosen exactly as features
+are: N = the number of features makes it a matched baseline), and a logistic probe on mean-pooled activations (an
+upper bound: it reads all dimensions).
 """
 
 from __future__ import annotations
@@ -119,60 +120,70 @@ def diff_in_means(pooled: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return direction / direction.norm().clamp_min(1e-12)
 
 
-def random_direction(d: int, seed: int) -> torch.Tensor:
-    direction = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return direction / direction.norm()
+def random_directions(d: int, n: int, seed: int) -> torch.Tensor:
+    """`n` unit random directions `[n, d]` (Gaussian, seeded)."""
+    directions = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return directions / directions.norm(dim=1, keepdim=True)
+
+
+def random_pooled(text_acts: TextActivations, directions: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Max-pooled projections of the texts on each random direction `[n_texts, n]` (like a decomposer's codes)."""
+    return torch.cat(
+        [text_acts.max_pool(text_acts.acts @ block.T) for block in directions.split(chunk)], dim=1
+    )
+
+
+def choose(pooled: torch.Tensor, train: torch.Tensor, held: torch.Tensor, positive: torch.Tensor) -> tuple:
+    """(best column by train AUROC, ties to the larger log-ratio; its train AUROC, held-out AUROC, log-ratio)
+    for `pooled [n_texts, k]`: how features, and the matched random baseline, are chosen."""
+    train_auc = auroc(pooled[train], positive[train])
+    ratio = log_ratio(pooled[train], positive[train])
+    best = int((train_auc + 1e-4 * ratio.nan_to_num(0).tanh()).argmax())
+    held_auc = float(auroc(pooled[held][:, best : best + 1], positive[held])[0])
+    return best, float(train_auc[best]), held_auc, float(ratio[best])
 
 
 def detect(
-    concepts: ConceptSet, text_acts: TextActivations, decomposers: dict[str, object], seed: int = 0
+    concepts: ConceptSet,
+    text_acts: TextActivations,
+    decomposers: dict[str, object],
+    seed: int = 0,
+    n_random: int = 1,
 ) -> tuple[list[Detection], dict[tuple[str, str], torch.Tensor]]:
-    """Detection table (one row per concept and method) and the unit direction chosen for each (concept, method)."""
+    """Detection table (one row per concept and method) and the unit direction chosen for each (concept, method).
+
+    The random baseline is the best of `n_random` random directions, chosen exactly as features are (pass the
+    number of features of a decomposer for a matched baseline)."""
     train, held = torch.tensor(concepts.train), torch.tensor(concepts.held_out)
-    labels = concepts.concepts
     flat = text_acts.acts.reshape(-1, text_acts.acts.shape[-1])
     pooled_codes = {
         name: text_acts.max_pool(dec.encode(flat).view(*text_acts.acts.shape[:2], -1))
         for name, dec in decomposers.items()
     }
+    atoms = {name: dec.directions for name, dec in decomposers.items()}
+    atoms["random"] = random_directions(flat.shape[1], n_random, seed)
+    pooled_codes["random"] = random_pooled(text_acts, atoms["random"])
     mean_acts = text_acts.mean_pool()
     rows, directions = [], {}
-    for c_index, concept in enumerate(concepts.names):
-        positive = torch.tensor([label == concept for label in labels])
-        pos_train, pos_held = positive[train], positive[held]
+    for concept in concepts.names:
+        positive = torch.tensor([label == concept for label in concepts.concepts])
         for name, pooled in pooled_codes.items():
-            train_auc = auroc(pooled[train], pos_train)
-            ratio = log_ratio(pooled[train], pos_train)
-            best = int(
-                (train_auc + 1e-4 * ratio.nan_to_num(0).tanh()).argmax()
-            )  # ties go to the larger log-ratio
-            held_auc = float(auroc(pooled[held][:, best : best + 1], pos_held)[0])
-            rows.append(Detection(concept, name, best, float(train_auc[best]), held_auc, float(ratio[best])))
-            directions[concept, name] = decomposers[name].directions[best].float()
-        for name, direction in (
-            ("diff_in_means", diff_in_means(mean_acts[train], pos_train)),
-            ("random", random_direction(mean_acts.shape[1], seed + c_index)),
-        ):
-            scores = text_acts.max_pool((text_acts.acts @ direction)[..., None])
-            rows.append(
-                Detection(
-                    concept,
-                    name,
-                    -1,
-                    float(auroc(scores[train], pos_train)[0]),
-                    float(auroc(scores[held], pos_held)[0]),
-                    float("nan"),
-                )
-            )
-            directions[concept, name] = direction
-        params = logistic_probe(mean_acts[train], pos_train)
+            best, train_auc, held_auc, ratio = choose(pooled, train, held, positive)
+            rows.append(Detection(concept, name, best, train_auc, held_auc, ratio))
+            directions[concept, name] = atoms[name][best].float()
+        dim = diff_in_means(mean_acts[train], positive[train])
+        scores = text_acts.max_pool((text_acts.acts @ dim)[..., None])
+        rows.append(Detection(concept, "diff_in_means", -1, float(auroc(scores[train], positive[train])[0]),
+                              float(auroc(scores[held], positive[held])[0]), float("nan")))  # fmt: skip
+        directions[concept, "diff_in_means"] = dim
+        params = logistic_probe(mean_acts[train], positive[train])
         rows.append(
             Detection(
                 concept,
                 "probe",
                 -1,
-                float(auroc(probe_scores(params, mean_acts[train])[:, None], pos_train)[0]),
-                float(auroc(probe_scores(params, mean_acts[held])[:, None], pos_held)[0]),
+                float(auroc(probe_scores(params, mean_acts[train])[:, None], positive[train])[0]),
+                float(auroc(probe_scores(params, mean_acts[held])[:, None], positive[held])[0]),
                 float("nan"),
             )
         )

@@ -8,28 +8,22 @@ Offline, by default:
 - `fluency_scores`: perplexity of the continuation under the unsteered model, relative to a reference perplexity,
   times the fraction of distinct bigrams (repetition): 2 * min(1, ppl_ref / ppl) * distinct_2.
 - `harmonic_mean(concept, fluency)`: AxBench's aggregate.
-Optional: `LLMJudge`, any OpenAI-compatible chat endpoint (INTERP_JUDGE_URL, INTERP_JUDGE_KEY, INTERP_JUDGE_MODEL,
-INTERP_JUDGE_CONCURRENCY) through `interp.llm`, with the paper's 0-2 rubric.
+- `on_topic`: the plain rate: the classifier's most likely concept is the one steered toward.
+The LLM judge (AxBench's rubric) is in interp.steer.llm_judge.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from interp.llm import LLMClient, LLMConfig, LLMError
 from interp.models import LoadedModel
 
 WORD = re.compile(r"[a-z']+")
-
-
-class JudgeError(ConnectionError):
-    """A judge that cannot run (endpoint unreachable, bad reply)."""
 
 
 def words(text: str) -> list[str]:
@@ -153,70 +147,24 @@ def harmonic_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where((a + b) > 0, 2 * a * b / (a + b).clamp_min(1e-12), torch.zeros_like(a))
 
 
-# ------------------------------------------------------------------------------------------- LLM judge
-CONCEPT_RUBRIC = (
-    "Rate how much the following text is about the concept '{concept}'. Answer with one digit: 0 (not at all), "
-    "1 (somewhat, or only in passing), 2 (clearly about it).\n\nText: {text}\n\nRating:"
-)
-FLUENCY_RUBRIC = (
-    "Rate the fluency of the following text. Answer with one digit: 0 (not fluent: broken or repetitive), "
-    "1 (somewhat fluent), 2 (fluent, natural language).\n\nText: {text}\n\nRating:"
-)
+def on_topic(classifier: ConceptClassifier, texts: list[str], concept: str) -> torch.Tensor:
+    """1.0 per text whose most likely concept (naive Bayes) is `concept`, else 0.0, `[n]`."""
+    best = classifier.probabilities(texts).argmax(dim=1)
+    return (best == classifier.concepts.index(concept)).float()
 
 
-@dataclass
-class LLMJudge:
-    """Rates texts 0-2 through any OpenAI-compatible chat endpoint (the project's `interp.llm` client: retries
-    with backoff, `concurrency` requests at once)."""
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of `a [n]` and `b [n]` (average ranks for ties); nan when either is constant."""
 
-    url: str  # base URL, e.g. http://127.0.0.1:8000/v1
-    model: str
-    key: str = ""
-    timeout: float = 30.0
-    retries: int = 2
-    concurrency: int = 1
+    def ranks(x: torch.Tensor) -> torch.Tensor:  # average ranks: below + (tied - 1) / 2
+        below = (x[None, :] < x[:, None]).sum(1).float()
+        tied = (x[None, :] == x[:, None]).sum(1).float()
+        return below + (tied - 1) / 2
 
-    @classmethod
-    def from_env(cls) -> LLMJudge | None:
-        """A judge from INTERP_JUDGE_URL / INTERP_JUDGE_MODEL / INTERP_JUDGE_KEY (and INTERP_JUDGE_CONCURRENCY,
-        default 4), or None when not configured."""
-        url = os.environ.get("INTERP_JUDGE_URL")
-        if not url:
-            return None
-        return cls(url, os.environ.get("INTERP_JUDGE_MODEL", "gpt-4o-mini"), os.environ.get("INTERP_JUDGE_KEY", ""),
-                   concurrency=int(os.environ.get("INTERP_JUDGE_CONCURRENCY", "4")))  # fmt: skip
-
-    def client(self) -> LLMClient:
-        config = LLMConfig(url=self.url, model=self.model, timeout=self.timeout, retries=self.retries,
-                           backoff=0.5, concurrency=self.concurrency, max_tokens=3, temperature=0.0)  # fmt: skip
-        return LLMClient(config, api_key=self.key or None)
-
-    def rate_all(self, prompts: list[str]) -> list[int]:
-        """One 0-2 rating per prompt, `concurrency` requests at once."""
-        try:
-            replies = self.client().map([[{"role": "user", "content": p}] for p in prompts], progress=False)
-        except LLMError as e:
-            raise JudgeError(f"{e} (the LLM judge; check INTERP_JUDGE_URL or unset it to use the offline "
-                             "judges)") from e  # fmt: skip
-        ratings = []
-        for reply in replies:
-            if reply is None:
-                raise JudgeError(f"the LLM judge at {self.url} rejected a request; check INTERP_JUDGE_MODEL")
-            digit = re.search(r"[012]", reply)
-            if digit is None:
-                raise JudgeError(f"the LLM judge answered {reply!r}, not a rating 0-2")
-            ratings.append(int(digit.group()))
-        return ratings
-
-    def rate(self, prompt: str) -> int:
-        return self.rate_all([prompt])[0]
-
-    def concept_scores(self, texts: list[str], concept: str) -> torch.Tensor:
-        prompts = [CONCEPT_RUBRIC.format(concept=concept, text=t) for t in texts]
-        return torch.tensor([float(r) for r in self.rate_all(prompts)])
-
-    def fluency_scores(self, texts: list[str]) -> torch.Tensor:
-        return torch.tensor([float(r) for r in self.rate_all([FLUENCY_RUBRIC.format(text=t) for t in texts])])
+    ra, rb = ranks(a.float()), ranks(b.float())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = ra.norm() * rb.norm()
+    return float(ra @ rb / denom) if denom > 0 else math.nan
 
 
 def mean_or_nan(values: torch.Tensor) -> float:

@@ -1,18 +1,20 @@
-"""The steering evaluation: detection, then a steering sweep over concepts x methods x strengths, resumable.
+"""The steering evaluation: detection, then a sweep over concepts x methods x signs x strengths, resumable.
+
+Each cell's strength is matched to a KL target by bisection, for each sign separately; continuations are sampled
+on two prompt sets: the *selection* prompts (which strength is best, per concept and method) and the *test*
+prompts (the reported score). Every method steers where `--steer-at` puts it (interp.steer.placement).
 
 Output folder:
-- `config.json`: the run's settings, written once the inputs are checked (a rerun with settings that change
-  results into the same folder is refused; the device may change)
+- `config.json`: the run's settings (a rerun with other settings into the same folder is refused)
 - `detection.csv`: held-out AUROC per concept and method (features, difference-in-means, random, probe)
-- `cells.jsonl`: one line per finished grid cell (a rerun skips these: interrupted runs resume)
-- `results.parquet`, `results.csv`, `summary.md`, `score_vs_kl.html`, `concept_vs_fluency.html`
+- `cells.jsonl`: one line per finished cell, unsteered rows included (a rerun skips these: interrupted runs resume)
+- `results.parquet`, `results.csv`, `summary.md`, `score_vs_kl.html`, `best_scores.html`, `concept_vs_fluency.html`
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,39 +23,48 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interp.core.checks import check_ranges
-from interp.core.fingerprint import check_same, free_fields, make_fingerprint, settings_of
-from interp.core.io import atomic_write, atomic_write_json, atomic_write_text
-from interp.decompose.base import load_decomposer
+from interp.core.io import atomic_write_json, atomic_write_text
+from interp.decompose.base import CONFIG_FILE, load_decomposer
 from interp.models import load_model
+from interp.models.hooks import backend_module
 from interp.models.sites import parse_site
-from interp.steer.calibration import NEUTRAL_PROMPTS, Prompts, alpha_for_kl, kl_function, steered_samples
+from interp.steer.calibration import (
+    NEUTRAL_PROMPTS,
+    Prompts,
+    Sampling,
+    alpha_for_kl,
+    kl_function,
+    steered_samples,
+)
 from interp.steer.concepts import ConceptError, load_concepts
 from interp.steer.detection import detect, text_activations
-from interp.steer.judges import (
-    ConceptClassifier,
-    EmbeddingJudge,
-    LLMJudge,
-    continuation_perplexity,
-    fluency_scores,
-    harmonic_mean,
-)
+from interp.steer.judges import ConceptClassifier, EmbeddingJudge
+from interp.steer.llm_judge import Complete, check_complete, complete_from_env
+from interp.steer.placement import place, steer_kinds
+from interp.steer.report import UNSTEERED, Layout, write_results
+from interp.steer.scoring import JUDGE_MODES, Judges, Texts
 
 BASELINES = ("diff_in_means", "random")
+SELECT_PROMPTS = ("Let me tell you about", "Yesterday,", "My favourite thing is", "Here is a short story:")
+SPLITS = ("select", "test")
 
 
 @dataclass(frozen=True)
 class SteerEvalConfig:
     model: str = "gemma-3-270m"
-    site: str = "9.mlp_hidden"
+    site: str = "9.mlp_hidden"  # where detection reads (and the decomposers were fitted)
     decomposers: tuple[str, ...] = ()  # decomposer folders; each becomes a method named after its folder
     concepts: str = "bbc"  # built-in set (bbc, sentiment) or a .jsonl/.csv file with text, concept
     concept_names: tuple[str, ...] = ()  # a subset of the set's concepts (empty: all)
     per_concept: int = 40  # texts per concept used for detection and the judge's classifier
     methods: tuple[str, ...] = ("features", *BASELINES)  # "features" = every decomposer
     kl_targets: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2, 0.5)  # strengths matched by KL on neutral prompts
-    strengths: tuple[float, ...] = ()  # or fixed strengths, in units of the site's mean activation norm
-    prompts: tuple[str, ...] = NEUTRAL_PROMPTS
+    strengths: tuple[
+        float, ...
+    ] = ()  # or fixed strengths, in units of the detection site's mean activation norm
+    signs: tuple[int, ...] = (1, -1)  # steer along +direction and -direction, each sign calibrated on its own
+    prompts: tuple[str, ...] = NEUTRAL_PROMPTS  # test prompts (reported scores); also the KL prompts
+    select_prompts: tuple[str, ...] = SELECT_PROMPTS  # held-out prompts on which the best strength is chosen
     n_samples: int = 4  # samples per prompt and cell
     max_new_tokens: int = 30
     max_len: int = 64  # tokens per concept text for detection
@@ -62,14 +73,10 @@ class SteerEvalConfig:
     seed: int = 0
     device: str = "auto"
     embedding_judge: bool = True  # use the offline sentence-embedding judge when installed
-    llm_judge: bool = False  # also rate with the OpenAI-compatible endpoint of INTERP_JUDGE_URL
-
-    def __post_init__(self) -> None:
-        check_ranges(self, STEER_RANGES, SteerEvalError)
-
-
-STEER_RANGES = {"per_concept": ">= 1", "kl_targets": "> 0", "n_samples": ">= 1", "max_new_tokens": ">= 1",
-                "max_len": ">= 1", "top_k": ">= 1", "top_p": "in (0, 1]"}  # fmt: skip
+    judge: str = "offline"  # offline | llm | both (llm: an OpenAI-compatible endpoint, INTERP_JUDGE_URL)
+    steer_at: str = "paper"  # paper | site | mlp_hidden | mlp_out | resid, then METHOD=KIND items
+    backend: str = "torch"  # torch | nnsight | transformer_lens
+    n_random: int = 0  # random directions the random baseline is the best of (0: as many as features)
 
 
 class SteerEvalError(ValueError):
@@ -93,20 +100,35 @@ def _method_names(config: SteerEvalConfig) -> dict[str, str]:
     return names
 
 
+def _check_settings(config: SteerEvalConfig) -> None:
+    if not config.kl_targets and not config.strengths:
+        raise SteerEvalError("give --kl-targets or --strengths")
+    if config.judge not in JUDGE_MODES:
+        raise SteerEvalError(f"unknown judge {config.judge!r}; valid: {', '.join(JUDGE_MODES)}")
+    if not config.signs or set(config.signs) - {1, -1}:
+        raise SteerEvalError(f"signs must be 1 and/or -1, not {list(config.signs)}")
+    if not config.prompts or not config.select_prompts:
+        raise SteerEvalError("give both test prompts and selection prompts (held-out strength selection)")
+    backend_module(config.backend)  # an unknown backend fails here, naming the valid ones
+
+
 def _check_resume(out: Path, config: SteerEvalConfig) -> None:
-    """Refuse to resume a run in `out` made with settings that change results (not the device); writes nothing."""
     saved = out / "config.json"
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
     if saved.exists():
-        previous = settings_of(json.loads(saved.read_text()), ignore=free_fields(config))
-        check_same(make_fingerprint(previous, {}), make_fingerprint(settings_of(config), {}),
-                   f"the steering run in {out}", "rerun with the same settings, or pass another --out",
-                   SteerEvalError)  # fmt: skip
+        previous = json.loads(saved.read_text())
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
+            raise SteerEvalError(
+                f"{out} holds a run with other settings ({', '.join(changed)}); pass another --out"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(saved, current)
 
 
-def _record_config(out: Path, config: SteerEvalConfig) -> None:
-    """Write the run's config.json, once every input has been checked."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", json.loads(json.dumps(dataclasses.asdict(config))))
+def cell_key(row: dict) -> tuple:
+    return row["concept"], row["method"], row["kind"], row["sign"], row["target"]
 
 
 def _finished_cells(path: Path) -> dict[tuple, dict]:
@@ -119,17 +141,29 @@ def _finished_cells(path: Path) -> dict[tuple, dict]:
             except json.JSONDecodeError:
                 torn = True
                 continue
-            cells[row["concept"], row["method"], row["target"]] = row
+            cells[cell_key(row)] = row
     if torn:
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in cells.values()))
     return cells
 
 
-def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) -> list[dict]:
-    """Run (or resume) the evaluation into `out`; returns the grid rows."""
+def _judge_transport(config: SteerEvalConfig, complete: Complete | None) -> Complete | None:
+    """The LLM judge's `Complete` (given, or from the environment), checked before anything is written."""
+    if config.judge == "offline":
+        return None
+    complete = complete or complete_from_env()
+    check_complete(complete)
+    return complete
+
+
+def run_steer_eval(
+    config: SteerEvalConfig, out: Path, progress: bool = True, complete: Complete | None = None
+) -> list[dict]:
+    """Run (or resume) the evaluation into `out`; returns the steered cells. `complete` is the LLM judge's
+    transport (default: INTERP_JUDGE_URL's endpoint) when `config.judge` is llm or both."""
     methods = _method_names(config)
-    if not config.kl_targets and not config.strengths:
-        raise SteerEvalError("give --kl-targets or --strengths")
+    _check_settings(config)
+    complete = _judge_transport(config, complete)
     _check_resume(out, config)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -137,54 +171,26 @@ def run_steer_eval(config: SteerEvalConfig, out: Path, progress: bool = True) ->
     site = parse_site(config.site, model.info.n_layers)
     concepts = _concepts(config)
     decomposers = _decomposers(methods, site, model)
-    _record_config(out, config)  # only now: a run refused above leaves nothing behind
+    method_kinds = {name: _decomposer_kind(folder) if folder else name for name, folder in methods.items()}
+    kinds = steer_kinds(config.steer_at, method_kinds, model.info.family, site.kind)
 
     text_acts = text_activations(model, concepts.texts, site, config.max_len)
-    detections, directions = detect(concepts, text_acts, decomposers, config.seed)
+    n_random = config.n_random or max([d.n_features for d in decomposers.values()], default=1)
+    detections, directions = detect(concepts, text_acts, decomposers, config.seed, n_random)
     _write_detection(out, detections)
+    placed = {(c, m): place(model, site, kinds[m], directions[c, m]) for c in concepts.names for m in methods}
     scale = float(text_acts.acts[text_acts.mask].norm(dim=-1).mean())  # typical activation norm at the site
-    sampler = _Sampler.build(config, model, site, concepts)
-
-    cells_path = out / "cells.jsonl"
-    finished = _finished_cells(cells_path)
-    targets = [("kl", t) for t in config.kl_targets] + [("strength", s) for s in config.strengths]
-    grid = [(c, m, t) for c in concepts.names for m in methods for t in targets]
-    todo = [cell for cell in grid
-            if (cell[0], cell[1], cell[2][1] if cell[2][0] == "kl" else -cell[2][1]) not in finished]  # fmt: skip
-
-    # Reference: unsteered samples set the reference perplexity of the fluency score.
-    reference = finished.get(("-", "none", 0.0))
-    if reference is None:
-        reference = {"concept": "-", "method": "none", "target": 0.0, "alpha": 0.0, "kl": 0.0, "reached": True,
-                     **sampler.sample_and_judge(concepts.names[0], None, 0.0)}  # fmt: skip
-        _append(cells_path, reference)
-    reference_ppl = float(torch.tensor(reference["perplexity"]).median())
-
-    kl_functions: dict[tuple[str, str], object] = {}
-    bar = tqdm(todo, desc="steer-eval", unit="cell", disable=not progress)
-    for concept, method, (kind, value) in bar:
-        bar.set_postfix_str(f"{concept} / {method} / {kind} {value}")
-        direction = directions[concept, method]
-        if kind == "kl":
-            key = (concept, method)
-            if key not in kl_functions:
-                kl_functions[key] = kl_function(model, sampler.prompts, site, direction)
-            calib = alpha_for_kl(kl_functions[key], value, start=scale / 8)
-            alpha, kl, reached, target = calib.alpha, calib.kl, calib.reached, value
-        else:
-            alpha, target = value * scale, -value  # fixed strengths are stored with a negative target
-            kl = kl_function(model, sampler.prompts, site, direction)(alpha)
-            reached = True
-        judged = sampler.sample_and_judge(concept, direction, alpha)
-        fluency = fluency_scores(torch.tensor(judged["perplexity"]), judged["texts"], reference_ppl)
-        concept_scores = torch.tensor(judged.pop("concept_scores"))
-        row = {"concept": concept, "method": method, "target": target, "alpha": alpha, "kl": kl, "reached": reached,
-               "fluency": float(fluency.mean()), "score": float(harmonic_mean(concept_scores, fluency).mean()),
-               **judged}  # fmt: skip
-        _append(cells_path, row)
-        finished[concept, method, target] = row
-    rows = [r for r in finished.values() if r["method"] != "none"]
-    write_results(out, rows, detections, config)
+    sweep = _Sweep.build(config, model, site, concepts, complete, out / "cells.jsonl")
+    unsteered = sweep.unsteered(concepts.names)
+    rows = sweep.run(placed, scale, progress)
+    sites = {m: placed[concepts.names[0], m][0].name for m in methods}
+    layout = Layout(
+        f"Steering evaluation: {config.model}, detection at {config.site}, concepts {config.concepts}",
+        concepts.names, [*methods, UNSTEERED], [m for m, folder in methods.items() if folder], sites,
+        (len(config.prompts), config.n_samples), config.judge,
+        f"{config.n_samples} samples x {len(config.prompts)} test prompts x {config.max_new_tokens} tokens per cell",
+    )  # fmt: skip
+    write_results(out, rows, unsteered, detections, layout)
     return rows
 
 
@@ -195,6 +201,11 @@ def _concepts(config: SteerEvalConfig):
     if len(concepts.names) < 2:
         raise ConceptError("detection needs at least two concepts (each is scored against the others)")
     return concepts
+
+
+def _decomposer_kind(folder: str) -> str:
+    """The decomposer's method name (snmf, topk, ...) from its config.json."""
+    return str(json.loads((Path(folder) / CONFIG_FILE).read_text()).get("method", ""))
 
 
 def _decomposers(methods: dict, site, model) -> dict:
@@ -210,52 +221,93 @@ def _decomposers(methods: dict, site, model) -> dict:
 
 
 @dataclass
-class _Sampler:
-    """Steered sampling and the judges of one run."""
+class _Sweep:
+    """The grid of one run: sampling on both prompt splits, the judges, the cells file."""
 
     config: SteerEvalConfig
     model: Any
     site: Any
-    prompts: Prompts
-    classifier: ConceptClassifier
-    embedder: EmbeddingJudge | None
-    llm: LLMJudge | None
+    prompts: dict[str, Prompts]  # split -> prompts
+    judges: Judges
+    sampling: Sampling
+    path: Path
+    finished: dict
+    reference: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # split -> unsteered median perplexity
 
     @classmethod
-    def build(cls, config: SteerEvalConfig, model, site, concepts) -> _Sampler:
+    def build(cls, config, model, site, concepts, complete, path: Path) -> _Sweep:
         train_texts = [concepts.texts[i] for i in concepts.train]
         train_labels = [concepts.concepts[i] for i in concepts.train]
         use_embedder = config.embedding_judge and EmbeddingJudge.available()
-        llm = LLMJudge.from_env() if config.llm_judge else None
-        if config.llm_judge and llm is None:
-            raise SteerEvalError(
-                "--llm-judge needs INTERP_JUDGE_URL (and INTERP_JUDGE_MODEL, INTERP_JUDGE_KEY)"
-            )
-        return cls(config, model, site, Prompts.build(model, config.prompts),
-                   ConceptClassifier.fit(train_texts, train_labels),
-                   EmbeddingJudge(train_texts, train_labels) if use_embedder else None, llm)  # fmt: skip
+        judges = Judges(config.judge, ConceptClassifier.fit(train_texts, train_labels),
+                        EmbeddingJudge(train_texts, train_labels) if use_embedder else None, complete)  # fmt: skip
+        prompts = {
+            "select": Prompts.build(model, config.select_prompts),
+            "test": Prompts.build(model, config.prompts),
+        }
+        sampling = Sampling(config.n_samples, config.max_new_tokens, config.top_k, config.top_p, config.seed,
+                            config.backend)  # fmt: skip
+        return cls(config, model, site, prompts, judges, sampling, path, _finished_cells(path))
 
-    def sample_and_judge(self, concept: str, direction: torch.Tensor | None, alpha: float) -> dict:
+    def _generate(self, split: str, site, direction, alpha: float) -> Texts:
+        prompts = self.prompts[split]
+        texts, ppl = steered_samples(self.model, prompts, site, direction, alpha, self.sampling)
+        instructions = [p for p in prompts.texts for _ in range(self.sampling.n_samples)]
+        return Texts(texts, ppl, instructions, self.reference.get(split, float(ppl.median())))
+
+    def _append(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        self.finished[cell_key(row)] = row
+
+    def unsteered(self, concepts: list[str]) -> list[dict]:
+        """The strength-0 row of every concept (one generation per split, judged for each concept); sets the
+        reference perplexity of the fluency score."""
+        todo = [c for c in concepts if (c, UNSTEERED, "none", 0, 0.0) not in self.finished]
+        if todo:
+            generated = {split: self._generate(split, self.site, None, 0.0) for split in SPLITS}
+            for concept in todo:
+                self._append({"concept": concept, "method": UNSTEERED, "kind": "none", "sign": 0, "target": 0.0,
+                              "alpha": 0.0, "kl": 0.0, "reached": True, "reason": "", "site": "-",
+                              "reference": {s: float(t.perplexity.median()) for s, t in generated.items()},
+                              "texts": generated["test"].texts,
+                              **{s: self.judges.judge(generated[s], concept) for s in SPLITS}})  # fmt: skip
+        rows = [self.finished[c, UNSTEERED, "none", 0, 0.0] for c in concepts]
+        self.reference = dict(rows[0]["reference"])
+        return rows
+
+    def run(self, placed: dict, scale: float, progress: bool) -> list[dict]:
+        """Every steered cell (finished ones read back), in grid order."""
         cfg = self.config
-        texts, sequences, mask = steered_samples(self.model, self.prompts, self.site, direction, alpha,
-                                                 cfg.n_samples, cfg.max_new_tokens, cfg.seed, cfg.top_k,
-                                                 cfg.top_p)  # fmt: skip
-        ppl = continuation_perplexity(self.model, sequences, sequences.shape[1] - cfg.max_new_tokens, mask)
-        concept_score = self.classifier.scores(texts, concept)
-        if self.embedder is not None:
-            concept_score = (concept_score + self.embedder.scores(texts, concept)) / 2
-        row = {"texts": texts, "perplexity": ppl.tolist(), "concept_score": float(concept_score.mean()),
-               "concept_scores": concept_score.tolist()}  # fmt: skip
-        if self.llm is not None:
-            row["llm_concept"] = float(self.llm.concept_scores(texts, concept).mean())
-            row["llm_fluency"] = float(self.llm.fluency_scores(texts).mean())
-        return row
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+        targets = [("kl", t) for t in cfg.kl_targets] + [("strength", s) for s in cfg.strengths]
+        grid = [
+            (c, m, kind, sign, value) for (c, m) in placed for sign in cfg.signs for kind, value in targets
+        ]
+        todo = [cell for cell in grid if cell not in self.finished]
+        kl_functions: dict[tuple, Any] = {}
+        bar = tqdm(todo, desc="steer-eval", unit="cell", disable=not progress)
+        for concept, method, kind, sign, value in bar:
+            bar.set_postfix_str(f"{concept} / {method} / {sign:+d} {kind} {value}")
+            site, direction = placed[concept, method]
+            signed = sign * direction
+            key = (concept, method, sign)
+            if key not in kl_functions:
+                kl_functions[key] = kl_function(self.model, self.prompts["test"], site, signed, cfg.backend)
+            if kind == "kl":
+                calib = alpha_for_kl(kl_functions[key], value, start=scale / 8)
+                alpha, kl, reached, reason = calib.alpha, calib.kl, calib.reached, calib.reason
+            else:
+                alpha, reached, reason = value * scale, True, ""
+                kl = kl_functions[key](alpha)
+            generated = {s: self._generate(s, site, signed, alpha) for s in SPLITS}
+            self._append({"concept": concept, "method": method, "kind": kind, "sign": sign, "target": value,
+                          "alpha": alpha, "kl": kl, "reached": reached, "reason": reason, "site": site.name,
+                          "texts": generated["test"].texts,
+                          **{s: self.judges.judge(generated[s], concept) for s in SPLITS}})  # fmt: skip
+        return [self.finished[cell] for cell in grid]
 
 
 def _write_detection(out: Path, detections: list) -> None:
@@ -265,75 +317,3 @@ def _write_detection(out: Path, detections: list) -> None:
     tmp = out / ".detection.csv.tmp"
     frame.to_csv(tmp, index=False)
     tmp.replace(out / "detection.csv")
-
-
-def write_results(out: Path, rows: list[dict], detections: list, config: SteerEvalConfig) -> None:
-    """results.parquet / .csv, summary.md and the two plotly figures."""
-    import pandas as pd
-    import plotly.express as px
-
-    frame = pd.DataFrame(rows)
-    frame["example"] = frame["texts"].map(lambda texts: texts[0] if texts else "")
-    flat = frame.drop(columns=["texts", "perplexity"])
-    atomic_write(out / "results.parquet", lambda f: flat.to_parquet(f, index=False))
-    atomic_write_text(out / "results.csv", flat.to_csv(index=False))
-
-    best = flat.groupby(["concept", "method"])["score"].max().unstack("method")
-    best.loc["mean"] = best.mean()
-    detection = pd.DataFrame([dataclasses.asdict(d) for d in detections])
-    auroc = detection.pivot(index="concept", columns="method", values="held_out_auroc")
-    auroc.loc["mean"] = auroc.mean()
-    unreached = flat[~flat["reached"]]
-    lines = [
-        f"# Steering evaluation: {config.model}, site {config.site}, concepts {config.concepts}",
-        "",
-        f"Best score per method and concept over strengths (harmonic mean of concept and fluency, 0-2; "
-        f"{config.n_samples} samples x {len(config.prompts)} prompts x {config.max_new_tokens} tokens per cell):",
-        "",
-        _markdown(best),
-        "",
-        "Concept detection, held-out AUROC (best feature chosen on train; probe = logistic regression, upper bound):",
-        "",
-        _markdown(auroc),
-        "",
-        f"KL targets not reached within 10%: {len(unreached)} of {len(flat)} cells"
-        + ("" if unreached.empty else " (" + ", ".join(
-            f"{r.concept}/{r.method}/{r.target}" for r in unreached.itertuples()) + ")"),
-    ]  # fmt: skip
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
-
-    kl_rows = flat[flat["target"] > 0]
-    if not kl_rows.empty:
-        curve = kl_rows.groupby(["method", "target"], as_index=False)[
-            ["score", "kl", "concept_score", "fluency"]
-        ].mean()
-        fig = px.line(
-            curve,
-            x="kl",
-            y="score",
-            color="method",
-            markers=True,
-            log_x=True,
-            title=f"Steering score vs KL ({config.model}, {config.site}; mean over concepts)",
-            labels={"kl": "KL(clean || steered), next token on neutral prompts", "score": "score (0-2)"},
-        )
-        fig.write_html(out / "score_vs_kl.html", include_plotlyjs="directory")
-    fig = px.scatter(
-        flat,
-        x="fluency",
-        y="concept_score",
-        color="method",
-        symbol="concept",
-        hover_data=["target", "alpha", "example"],
-        title="Concept vs fluency, every cell",
-    )
-    fig.write_html(out / "concept_vs_fluency.html", include_plotlyjs="directory")
-
-
-def _markdown(frame) -> str:
-    columns = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join([frame.index.name or "", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
-    for index, row in frame.iterrows():
-        cells = ["" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" for v in row.tolist()]
-        lines.append("| " + " | ".join([str(index), *cells]) + " |")
-    return "\n".join(lines)
