@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from interp.cli.browse import browse_cmd
@@ -12,6 +14,7 @@ from interp.cli.evaluate import evaluate_cmd
 from interp.cli.fit import fit_cmd
 from interp.cli.index import index_cmd
 from interp.cli.steer_eval import steer_eval_cmd
+from interp.core.paths import ONLINE_VARIABLE
 
 HELP = "capture | fit | evaluate | index | browse | steer-eval | models | summary | demo"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
@@ -21,6 +24,19 @@ COMMANDS = {
     "evaluate": evaluate_cmd, "index": index_cmd, "browse": browse_cmd, "steer-eval": steer_eval_cmd,
     "demo": demo_cmd,
 }  # fmt: skip
+
+
+@app.callback()
+def main_options(
+    online: bool = typer.Option(
+        False, "--online", help=f"allow the Hugging Face hub (same as {ONLINE_VARIABLE}=1)"
+    ),
+) -> None:
+    """interp: capture, decompose, index, browse and steer the activations of language models."""
+    if online:
+        os.environ[ONLINE_VARIABLE] = "1"
+
+
 for name, command in COMMANDS.items():
     app.command(name)(interruptible(command))
 
