@@ -222,3 +222,30 @@ def test_the_hub_is_off_unless_asked_and_the_error_says_how(tmp_path, monkeypatc
                                      "--device", "cpu"])  # fmt: skip
         assert result.exit_code == 2 and "pass --online before the command" in result.output, result.output
         assert "INTERP_ONLINE=1" in result.output
+
+
+def test_set_types_values_from_the_config_annotations():
+    """`--set stream=false` on a `bool | None` field is False (it was the truthy string "false"); every command's
+    --set goes through this one parser."""
+    import pytest
+
+    from interp.cli.common import coerce, parse_overrides
+    from interp.cli.fit import method_config
+
+    snmf = method_config(
+        "snmf", parse_overrides(["stream=false", "g_on_disk=0", "hierarchy=40,20", "tol=1e-3"])
+    )
+    assert (
+        snmf.stream is False and snmf.g_on_disk is False and snmf.hierarchy == (40, 20) and snmf.tol == 1e-3
+    )
+    assert method_config("snmf", parse_overrides(["stream=TRUE", "g_on_disk=none"])).stream is True
+    assert method_config("snmf", {"g_on_disk": "None"}).g_on_disk is None
+    assert (
+        coerce("off", bool | None) is False
+        and coerce("7", int | None) == 7
+        and coerce("x", str | None) == "x"
+    )
+    with pytest.raises(ValueError, match="--set stream='maybe': expected true or false"):
+        method_config("snmf", {"stream": "maybe"})
+    with pytest.raises(ValueError, match="--set takes name=value"):
+        parse_overrides(["stream"])
