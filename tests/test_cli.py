@@ -198,3 +198,54 @@ def test_mistakes_and_interrupts_get_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(interp.capture, "capture_corpus", ctrl_c)
     result = runner.invoke(app, capture)
     clear(result, 130, "interrupted; rerun the same command to resume")
+
+
+def test_the_hub_is_off_unless_asked_and_the_error_says_how(tmp_path, monkeypatch):
+    from interp.cli.common import offline_by_default
+
+    assert offline_by_default({}) == {
+        n: "1" for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
+    online = offline_by_default({"INTERP_ONLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert online["HF_HUB_OFFLINE"] == online["HF_DATASETS_OFFLINE"] == "0"
+    assert (
+        offline_by_default({"HF_HUB_OFFLINE": "0"})["HF_HUB_OFFLINE"] == "0"
+    )  # the user's own setting stays
+    monkeypatch.setenv("INTERP_ONLINE", "0")  # restored after the test
+    assert runner.invoke(app, ["--online", "models"]).exit_code == 0
+    import os
+
+    assert os.environ["INTERP_ONLINE"] == "1"
+    monkeypatch.setenv("INTERP_ONLINE", "0")
+    for flag, name in (("--model", "no-such-org/no-such-model"), ("--corpus", "no-such-org/no-such-data")):
+        result = runner.invoke(app, ["capture", "--model", "tiny-gpt2", flag, name, "--out", str(tmp_path),
+                                     "--device", "cpu"])  # fmt: skip
+        assert result.exit_code == 2 and "pass --online before the command" in result.output, result.output
+        assert "INTERP_ONLINE=1" in result.output
+
+
+def test_set_types_values_from_the_config_annotations():
+    """`--set stream=false` on a `bool | None` field is False (it was the truthy string "false"); every command's
+    --set goes through this one parser."""
+    import pytest
+
+    from interp.cli.common import coerce, parse_overrides
+    from interp.cli.fit import method_config
+
+    snmf = method_config(
+        "snmf", parse_overrides(["stream=false", "g_on_disk=0", "hierarchy=40,20", "tol=1e-3"])
+    )
+    assert (
+        snmf.stream is False and snmf.g_on_disk is False and snmf.hierarchy == (40, 20) and snmf.tol == 1e-3
+    )
+    assert method_config("snmf", parse_overrides(["stream=TRUE", "g_on_disk=none"])).stream is True
+    assert method_config("snmf", {"g_on_disk": "None"}).g_on_disk is None
+    assert (
+        coerce("off", bool | None) is False
+        and coerce("7", int | None) == 7
+        and coerce("x", str | None) == "x"
+    )
+    with pytest.raises(ValueError, match="--set stream='maybe': expected true or false"):
+        method_config("snmf", {"stream": "maybe"})
+    with pytest.raises(ValueError, match="--set takes name=value"):
+        parse_overrides(["stream"])

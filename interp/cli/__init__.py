@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from interp.cli.bench import bench_app
@@ -15,6 +17,7 @@ from interp.cli.fit import fit_cmd
 from interp.cli.import_ import import_cmd
 from interp.cli.index import index_cmd
 from interp.cli.steer_eval import steer_eval_cmd
+from interp.core.paths import ONLINE_VARIABLE
 
 HELP = "capture | fit | import | evaluate | bench | index | explain | browse | steer-eval | models | summary | demo"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
@@ -25,6 +28,19 @@ COMMANDS = {
     "steer-eval": steer_eval_cmd, "demo": demo_cmd, "import": import_cmd,
 }  # fmt: skip
 GROUPS = {"bench": bench_app}  # commands with subcommands
+
+
+@app.callback()
+def main_options(
+    online: bool = typer.Option(
+        False, "--online", help=f"allow the Hugging Face hub (same as {ONLINE_VARIABLE}=1)"
+    ),
+) -> None:
+    """interp: capture, decompose, index, browse and steer the activations of language models."""
+    if online:
+        os.environ[ONLINE_VARIABLE] = "1"
+
+
 for name, command in COMMANDS.items():
     app.command(name)(interruptible(command))
 for name, group in GROUPS.items():

@@ -13,6 +13,8 @@ from typing import Any, Union
 
 import typer
 
+from interp.core.paths import ONLINE_VARIABLE
+
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, ConnectionError)
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
@@ -43,11 +45,16 @@ def interruptible(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def offline_by_default(env: dict[str, str] | None = None) -> dict[str, str]:
-    """No hub calls unless the user asked for them (by setting these variables to 0): loads work offline and fail
-    fast behind a firewall. Sets them in `env` (default: this process's environment) and returns it."""
+    """No hub calls unless the user asked for them (`interp --online ...`, INTERP_ONLINE=1, or these variables set
+    to 0): loads work offline and fail fast behind a firewall. Sets them in `env` (default: this process's
+    environment) and returns it."""
     env = os.environ if env is None else env
+    online = env.get(ONLINE_VARIABLE, "").lower() in _TRUE
     for name in OFFLINE_VARIABLES:
-        env.setdefault(name, "1")
+        if online:
+            env[name] = "0"
+        else:
+            env.setdefault(name, "1")
     return env
 
 

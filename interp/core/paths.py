@@ -7,6 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+ONLINE_VARIABLE = "INTERP_ONLINE"  # 1: the CLI lets Hugging Face libraries reach the hub (else offline)
+HUB_HINT = (
+    "the interp CLI runs offline unless asked: pass --online before the command (interp --online capture ...) "
+    f"or set {ONLINE_VARIABLE}=1 to allow the hub"
+)
+
 
 def cache_dir() -> Path:
     """`$INTERP_CACHE` if set; else `cache/` in the source checkout interp runs from; else ~/.cache/interp."""

@@ -7,6 +7,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from interp.core.paths import HUB_HINT
+
 DEFAULT_CORPUS = "bbc"
 
 
@@ -98,7 +100,7 @@ def dataset_documents(
         except Exception as e:  # datasets raises many types for an unreachable hub
             raise CorpusError(
                 f"unknown corpus {path_or_name!r}: not 'bbc', not a local file, and not loadable from a hub here "
-                f"({type(e).__name__}). Pass a .txt / .jsonl / .parquet / .csv file."
+                f"({type(e).__name__}). Pass a .txt / .jsonl / .parquet / .csv file; {HUB_HINT}."
             ) from e
     if text_column not in ds.column_names:
         raise CorpusError(

@@ -8,8 +8,9 @@ through any backend. Capture, the spliced metrics, steering and the browser all 
     steered = steered_logits(model, tokens, "9.mlp_hidden", edit, backend="nnsight")
 
 `BACKENDS` maps each backend to its module (interp.models.backends.*), which provides `run(model, tokens, sites)`,
-`logits(model, tokens, site, tracker)`, `generate(model, prompts, site, tracker, options)` and, where the library
-allows hooks that outlive one call, `edit_hook(model, site, tracker)`. Edits are in interp.models.edits.
+`logits(model, tokens, site, tracker)`, `generate(model, prompts, site, tracker, options)` and
+`edit_hook(model, site, tracker)`, a hook that outlives one call (what `intervene` opens). Edits are in
+interp.models.edits; every edit gives the same logits and greedy text through every backend (tests/test_edits.py).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from interp.core.device import resolve_device
+from interp.core.paths import HUB_HINT
 from interp.models.sites import FAMILIES, family_of
 from interp.models.sources import MODEL_SOURCES, ModelError, convert_gguf, load_folder
 
@@ -151,5 +152,5 @@ def _load_path_or_hub(name_or_path: str, dtype: torch.dtype) -> tuple[Any, Any]:
         raise ModelError(
             f"unknown model {name_or_path!r}: not a built-in name ({', '.join(MODEL_SOURCES)}), not a local "
             f"folder or .gguf file, and not loadable from a model hub here ({type(e).__name__}). "
-            "Pass a local folder, or run `interp models` to see what is installed."
+            f"Pass a local folder, or run `interp models` to see what is installed; {HUB_HINT}."
         ) from e
