@@ -187,7 +187,7 @@ def test_mistakes_and_interrupts_get_one_clear_line(tmp_path, monkeypatch):
         drop_bos=True))  # fmt: skip
     clear(runner.invoke(app, ["summary", str(empty.path)]), 2, "is empty (0 tokens)")
     clear(runner.invoke(app, ["fit", "--method", "topk", "--store", str(empty.path), "--lr", "-1"]), 2,
-          "--lr must be a positive learning rate, got -1.0")  # fmt: skip
+          "--lr: lr=-1.0 must be >= 0")  # fmt: skip
     unknown = runner.invoke(app, ["fit", "--method", "topk", "--store", str(empty.path), "--set", "foo=1"])
     clear(unknown, 2, "--set foo=... does not apply to method 'topk'; its settings: ")
     assert "n_steps" in unknown.output and "lr" in unknown.output

@@ -87,8 +87,6 @@ def fit_cmd(
         "device": device, "seed": seed,
     }  # fmt: skip
     try:
-        if lr is not None and not lr > 0:
-            raise ValueError(f"--lr must be a positive learning rate, got {lr}")
         options["device"] = dist.start(distributed, device)
         options.update(parse_overrides(set_ or []))
         run_fit(store, method, out, options, overwrite=overwrite)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interp.core.checks import check_ranges
+from interp.core.fingerprint import check_same, free_fields, make_fingerprint, settings_of
 from interp.core.io import atomic_write_json, atomic_write_text
 from interp.decompose.base import CONFIG_FILE, load_decomposer
 from interp.models import load_model
@@ -78,6 +80,13 @@ class SteerEvalConfig:
     backend: str = "torch"  # torch | nnsight | transformer_lens
     n_random: int = 0  # random directions the random baseline is the best of (0: as many as features)
 
+    def __post_init__(self) -> None:
+        check_ranges(self, STEER_RANGES, SteerEvalError)
+
+
+STEER_RANGES = {"per_concept": ">= 1", "kl_targets": "> 0", "n_samples": ">= 1", "max_new_tokens": ">= 1",
+                "max_len": ">= 1", "top_k": ">= 1", "top_p": "in (0, 1]", "n_random": ">= 0"}  # fmt: skip
+
 
 class SteerEvalError(ValueError):
     """Bad steering-eval settings."""
@@ -113,18 +122,19 @@ def _check_settings(config: SteerEvalConfig) -> None:
 
 
 def _check_resume(out: Path, config: SteerEvalConfig) -> None:
+    """Refuse to resume a run in `out` made with settings that change results (not the device); writes nothing."""
     saved = out / "config.json"
-    current = json.loads(json.dumps(dataclasses.asdict(config)))
     if saved.exists():
-        previous = json.loads(saved.read_text())
-        if previous != current:
-            changed = sorted(k for k in current if previous.get(k) != current[k])
-            raise SteerEvalError(
-                f"{out} holds a run with other settings ({', '.join(changed)}); pass another --out"
-            )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved, current)
+        previous = settings_of(json.loads(saved.read_text()), ignore=free_fields(config))
+        check_same(make_fingerprint(previous, {}), make_fingerprint(settings_of(config), {}),
+                   f"the steering run in {out}", "rerun with the same settings, or pass another --out",
+                   SteerEvalError)  # fmt: skip
+
+
+def _record_config(out: Path, config: SteerEvalConfig) -> None:
+    """Write the run's config.json, once every input has been checked."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", json.loads(json.dumps(dataclasses.asdict(config))))
 
 
 def cell_key(row: dict) -> tuple:
@@ -161,8 +171,8 @@ def run_steer_eval(
 ) -> list[dict]:
     """Run (or resume) the evaluation into `out`; returns the steered cells. `complete` is the LLM judge's
     transport (default: INTERP_JUDGE_URL's endpoint) when `config.judge` is llm or both."""
-    methods = _method_names(config)
     _check_settings(config)
+    methods = _method_names(config)
     complete = _judge_transport(config, complete)
     _check_resume(out, config)
     torch.manual_seed(config.seed)
@@ -173,6 +183,7 @@ def run_steer_eval(
     decomposers = _decomposers(methods, site, model)
     method_kinds = {name: _decomposer_kind(folder) if folder else name for name, folder in methods.items()}
     kinds = steer_kinds(config.steer_at, method_kinds, model.info.family, site.kind)
+    _record_config(out, config)  # only now: a run refused above leaves nothing behind
 
     text_acts = text_activations(model, concepts.texts, site, config.max_len)
     n_random = config.n_random or max([d.n_features for d in decomposers.values()], default=1)
@@ -314,6 +325,4 @@ def _write_detection(out: Path, detections: list) -> None:
     import pandas as pd
 
     frame = pd.DataFrame([dataclasses.asdict(d) for d in detections])
-    tmp = out / ".detection.csv.tmp"
-    frame.to_csv(tmp, index=False)
-    tmp.replace(out / "detection.csv")
+    atomic_write_text(out / "detection.csv", frame.to_csv(index=False))
