@@ -14,6 +14,8 @@ MP-SAEs, ~8 s and ~45 s a step on 2 cores, run `--slow-steps`); activations are 
 once, here, for everyone. Rows/s exclude the first (warm-up) step; interp's include its trainer's own work
 (sampling, metrics). FVU is measured by this script on held-out rows from each method's reconstruction. The last
 column is interp's rows/s over the row's (the TopK target: >= 1.2x sparsify; MP-SAE: >= 5x SAELens' MP-SAE).
+`--families matryoshka`: Matryoshka BatchTopK with prefixes 256, 1024, 2048, 4096, interp vs SAELens'
+MatryoshkaBatchTopKTrainingSAE vs dictionary_learning's MatryoshkaBatchTopKTrainer (one venv with both works).
 Each interp run sits next to its closest peer in the order, as the machine may be shared.
 torchvision: overcomplete imports it for its vision wrappers and the PyPI build does not load beside the CPU
 torch wheel, so a stub module stands in for it (MpSAE does not use it); in dictionary-learning's venv uninstall

@@ -31,6 +31,7 @@ from interp.decompose.sae.sparse import (
     JumpReLU,
     Selection,
     Step,
+    make_selection,
     mask_selection,
     sparse_decode,
     topk_selection,
@@ -59,10 +60,10 @@ class Architecture:
     resamples_dead: bool = False
     """The trainer resamples dead latents from badly reconstructed inputs."""
     reconstruction: (
-        Callable[[Any, torch.Tensor, Selection, torch.Tensor, torch.Tensor], torch.Tensor] | None
+        Callable[[Any, torch.Tensor, Selection, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
     ) = None
-    """Sparse path: (module, x, selection, kept values, mse of the full reconstruction) -> the reconstruction
-    term of the loss; None: that mse."""
+    """Sparse path: (module, x, selection, kept values) -> (x_hat [B, d_in], the reconstruction term of the loss);
+    None: x_hat from one sparse decode, and its MSE."""
 
 
 def _relu(module, pre: torch.Tensor) -> torch.Tensor:
@@ -137,16 +138,20 @@ def _l0_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float)
 
 
 def _nested_mse(
-    module, x: torch.Tensor, sel: Selection, vals: torch.Tensor, full_mse: torch.Tensor
-) -> torch.Tensor:
+    module, x: torch.Tensor, sel: Selection, vals: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over the prefixes `[:w]` (w in the module's widths) of the MSE of x reconstructed from that prefix's
-    kept latents alone; the last prefix is the whole dictionary, whose MSE is `full_mse`."""
+    kept latents alone. One sparse decode gives every level: a token's kept latents are in ascending order, so its
+    pairs of each group are contiguous and one bag per (token, group) sums them; prefixes are cumulative sums."""
     widths = module.config.widths
-    total = full_mse
-    for width in widths[:-1]:
-        x_hat = sparse_decode(sel, vals * (sel.cols < width), module.W_dec) + module.b_dec
-        total = total + (x - x_hat).square().sum(-1).mean()
-    return total / len(widths)
+    n_levels, n_rows = len(widths), x.shape[0]
+    boundaries = torch.tensor(widths[:-1], device=sel.cols.device, dtype=sel.cols.dtype)
+    bags = sel.rows * n_levels + torch.bucketize(sel.cols, boundaries, right=True)  # non-decreasing
+    offsets = torch.zeros(n_rows * n_levels + 1, dtype=torch.long, device=bags.device)
+    offsets[1:] = torch.bincount(bags, minlength=n_rows * n_levels).cumsum(0)
+    parts = sparse_decode(make_selection(bags, sel.cols, offsets), vals, module.W_dec)  # [B * levels, d_in]
+    prefixes = parts.view(n_rows, n_levels, -1).cumsum(1) + module.b_dec
+    return prefixes[:, -1], (x[:, None] - prefixes).square().sum(-1).mean(0).mean()
 
 
 def _theta(module) -> torch.Tensor:

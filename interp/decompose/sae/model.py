@@ -182,12 +182,12 @@ class SAEModule(nn.Module):
         """
         arch = self.architecture
         if arch.select is not None:
-            x_hat, codes, pre, fired, l0, sel = self._sparse_forward(x)
+            x_hat, codes, pre, fired, l0, nested = self._sparse_forward(x)
         else:
-            (x_hat, codes, pre, fired, l0), sel = self._dense_forward(x), None
+            (x_hat, codes, pre, fired, l0), nested = self._dense_forward(x), None
         error = x - x_hat
         mse = error.square().sum(-1).mean()
-        loss = mse if arch.reconstruction is None else arch.reconstruction(self, x, sel, codes, mse)
+        loss = mse if nested is None else nested
         if arch.penalty is not None:
             loss = loss + arch.penalty(self, pre, codes, l1_coeff)
         if arch.aux_loss and dead.any():
@@ -200,17 +200,21 @@ class SAEModule(nn.Module):
 
     def _sparse_forward(self, x: torch.Tensor):
         """TopK-style: the only dense product is the encoder's forward; the rest touches the kept pairs only.
-        Returns (x_hat [B, d_in], kept values [nnz], pre [B, d_sae], fired [d_sae], mean L0, the selection)."""
+        Returns (x_hat [B, d_in], kept values [nnz], pre [B, d_sae], fired [d_sae], mean L0, the architecture's
+        own reconstruction term or None)."""
         with torch.no_grad():
             data = x - self.b_dec
             pre = self._encoder_pre(data)
             sel = self.architecture.select(self, pre)
         vals = selected_pre(data, self.b_dec, self.W_enc, self.b_enc, pre, sel).clamp_min(0)
-        x_hat = sparse_decode(sel, vals, self.W_dec) + self.b_dec
+        if self.architecture.reconstruction is not None:
+            x_hat, nested = self.architecture.reconstruction(self, x, sel, vals)
+        else:
+            x_hat, nested = sparse_decode(sel, vals, self.W_dec) + self.b_dec, None
         fired = torch.zeros(self.config.n_features, device=x.device).index_add_(
             0, sel.cols, (vals > 0).float()
         )
-        return x_hat, vals, pre, fired, float((vals > 0).sum()) / x.shape[0], sel
+        return x_hat, vals, pre, fired, float((vals > 0).sum()) / x.shape[0], nested
 
     def _dense_forward(self, x: torch.Tensor):
         """Dense codes under autograd. Returns (x_hat, codes [B, d_sae], pre, fired [d_sae], mean L0)."""
