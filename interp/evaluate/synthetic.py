@@ -15,7 +15,7 @@ a bias `[d]`; a sample is `x = codes @ features + bias` with sparse non-negative
    rates after the hierarchy stay close to the Zipf ones, as SynthSAEBench's `compensate_probabilities`.
 
 The neuron-sparse variant (`support > 0`) gives every feature a vector supported on a fraction `support` of the
-dimensions (about 1%: the structure SNMF assumes of MLP neurons) instead of a dense random direction.
+dimensions (about 1%, at least 4: the structure SNMF assumes of MLP neurons) instead of a dense random direction.
 Everything is tensor code; the only loop is over the hierarchy's levels.
 """
 
@@ -79,6 +79,10 @@ class SyntheticConfig:
         return sum(self.level_sizes)
 
 
+MIN_SUPPORT = 4
+"""Neuron-sparse variant: the fewest dimensions a feature vector is supported on."""
+
+
 def zipf_probabilities(n: int, exponent: float, p_max: float, p_min: float) -> torch.Tensor:
     """1 / rank^exponent rescaled linearly to [p_min, p_max], descending, `[n]`."""
     raw = torch.arange(1, n + 1, dtype=torch.float64).pow(-exponent)
@@ -88,10 +92,11 @@ def zipf_probabilities(n: int, exponent: float, p_max: float, p_min: float) -> t
 
 
 def feature_vectors(n: int, d: int, support: float, gen: torch.Generator) -> torch.Tensor:
-    """Unit rows `[n, d]`: dense Gaussian directions, or supported on ceil(support * d) random dimensions."""
+    """Unit rows `[n, d]`: dense Gaussian directions, or supported on ceil(support * d) random dimensions (at
+    least MIN_SUPPORT: on one or two dimensions many features would share a direction)."""
     values = torch.randn(n, d, generator=gen)
     if support > 0:
-        m = max(1, math.ceil(support * d))
+        m = min(d, max(MIN_SUPPORT, math.ceil(support * d)))
         keep = torch.rand(n, d, generator=gen).topk(m, dim=1).indices
         values = torch.zeros(n, d).scatter_(1, keep, values.gather(1, keep))
     return values / values.norm(dim=1, keepdim=True).clamp_min(1e-12)
