@@ -63,21 +63,19 @@ PRESETS: dict[str, BenchPreset] = {
                              correlation_rank=4),
         n_train=8192, width=64, k=6, n_steps=60, batch_size=256, lr=1e-3, n_eval=2048,
         method_options={"snmf": {"max_iter": 20, "sparsity": 0.1}, "relu": {"l1_coeff": 1.0, "l1_warmup_steps": 10},
-                        "jumprelu": {"l0_coeff": 0.05}, "mpsae": {"lr": 1e-3}},
+                        "jumprelu": {"target_l0": 6, "l0_coeff": 1.0}, "mpsae": {"lr": 1e-3}},
     ),
     "cpu": BenchPreset(
         data=SyntheticConfig(n_features=1024, d=64, n_roots=8, p_min=2e-3, correlation_rank=8),
         n_train=50_000, width=256, k=6, n_steps=1000, batch_size=512, lr=1e-3, n_eval=10_000,
         method_options={"snmf": {"max_iter": 100, "sparsity": 0.1},
                         "relu": {"l1_coeff": 5.0, "l1_warmup_steps": 200},
-                        "jumprelu": {"l0_coeff": 3.0, "bandwidth": 0.05, "initial_threshold": 0.5},
-                        "mpsae": {"lr": 1e-3}},
+                        "jumprelu": {"target_l0": 6, "l0_coeff": 1.0}, "mpsae": {"lr": 1e-3}},
     ),
     "gpu": BenchPreset(  # SynthSAEBench-16k's configuration and its recommended width
         n_train=2_000_000, width=4096, k=25, n_steps=30_000, batch_size=1024, lr=3e-4, n_eval=100_000,
         method_options={"snmf": {"max_iter": 100}, "relu": {"l1_coeff": 5.0, "l1_warmup_steps": 1000},
-                        "jumprelu": {"l0_coeff": 3.0, "bandwidth": 0.05, "initial_threshold": 0.5},
-                        "mpsae": {"lr": 3e-4}},
+                        "jumprelu": {"target_l0": 25, "l0_coeff": 1.0}, "mpsae": {"lr": 3e-4}},
     ),
 }  # fmt: skip
 
