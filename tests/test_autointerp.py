@@ -152,6 +152,7 @@ def test_recomputed_codes_match_the_index_and_non_activating_examples_do_not_fir
             stored = torch.tensor([a for a in example.acts if a is not None])
             torch.testing.assert_close(codes[:, 0], stored, atol=1e-4, rtol=1e-4)
     pool = candidate_pool(index, 64, seed=0)
+    assert len({(e.context, e.position) for e in pool}) == len(pool)  # each window once
     codes = pool_codes(encoder, pool, live, context=3)
     found = 0
     for column, f in enumerate(live):
@@ -218,6 +219,7 @@ def test_explain_writes_scores_and_baseline_then_resumes(server, index_copy, mon
             row["activating_ids"]
         )  # the planted truth: 2m examples, 4 to a prompt, a last one of 2 when m is odd
         assert 1 <= m <= 4 and len(row["non_activating_ids"]) == m and len(row["explain_ids"]) == 4
+        assert len(set(row["non_activating_ids"])) == m
         assert row["shuffled_from"] in live[:4] and row["shuffled_from"] != row["feature"]
         prompts, short = math.ceil(2 * m / 4), (2 * m) % 4 != 0
         # the planted scorer says "fires" to all: recall 1, accuracy = precision = the share of positives

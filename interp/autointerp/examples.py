@@ -105,13 +105,20 @@ def candidate_pool(index: FeatureIndex, n: int, seed: int) -> list[Example]:
     order = list(range(index.n_features))
     rng.shuffle(order)
     pool: list[Example] = []
+    seen: set[str] = set()
     for f in order:
         if len(pool) >= n:
             break
         feature = index.feature(f)
-        found = [e for _, _, ex in feature.bands for e in ex] + feature.top
-        if found:
-            pool.append(rng.choice(found))
+        found = [
+            e
+            for e in [e for _, _, ex in feature.bands for e in ex] + feature.top
+            if example_id(e) not in seen
+        ]
+        if found:  # one window per feature, each window once
+            pick = rng.choice(found)
+            seen.add(example_id(pick))
+            pool.append(pick)
     return pool
 
 

@@ -239,7 +239,8 @@ def _summary(rows: dict, skipped: list[int], checked: str, client: LLMClient, co
         for m in ("accuracy", "f1"):
             for suffix in ("", "_shuffled"):
                 column = f"{name}_{m}{suffix}"
-                means[column] = float(table[column].mean()) if len(table) else math.nan
+                mean = float(table[column].mean()) if len(table) else math.nan
+                means[column] = None if math.isnan(mean) else mean  # strict JSON: null, not NaN
     statuses = table["explanation_status"].value_counts().to_dict() if len(table) else {}
     return {
         "llm_model": client.config.model, "llm_url": client.config.url, "prompt_version": PROMPT_VERSION,

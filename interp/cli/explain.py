@@ -12,13 +12,17 @@ import typer
 from interp.cli.common import USER_ERRORS, fail
 
 
+def _number(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The run's mean scores against the shuffled baseline, and its counts, as lines for the terminal."""
     lines = ["| score | explanation | shuffled baseline |", "|---|---|---|"]
     for column, value in summary["mean"].items():
         if not column.endswith("_shuffled"):
-            base = summary["mean"].get(column + "_shuffled", math.nan)
-            lines.append(f"| {column} | {value:.3f} | {base:.3f} |")
+            base = summary["mean"].get(column + "_shuffled")
+            lines.append(f"| {column} | {_number(value)} | {_number(base)} |")
     skipped = summary["skipped_no_activations"]
     lines += [
         f"{summary['n_features']} features explained by {summary['llm_model']} ({summary['explanations']}); "
