@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
@@ -199,6 +201,40 @@ def test_judges_on_texts_with_known_answers():
     assert torch.allclose(
         harmonic_mean(torch.tensor([2.0, 0.0]), torch.tensor([2.0, 1.0])), torch.tensor([2.0, 0.0])
     )
+
+
+class _StubJudge(BaseHTTPRequestHandler):
+    """A judge endpoint that fails on demand (HTTP 500 once its replies run out): the failure-mode tests."""
+
+    replies: list[str] = []
+    requests: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        if not type(self).replies:
+            self.send_response(500)
+            self.end_headers()
+            return
+        content = type(self).replies.pop(0)
+        data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub_judge():
+    server = HTTPServer(("127.0.0.1", 0), _StubJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _StubJudge.replies, _StubJudge.requests = [], []
+    yield f"http://127.0.0.1:{server.server_port}/v1", _StubJudge
+    server.shutdown()
 
 
 @pytest.fixture(scope="module")
