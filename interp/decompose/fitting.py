@@ -1,5 +1,6 @@
-"""Fit a decomposer on a store into a folder: checkpoints in FOLDER/checkpoint (a rerun resumes), the fitted
-decomposer and its source.json (the store and the fit's fingerprint) written by rank 0.
+"""Fit a decomposer on a store into a folder: checkpoints in FOLDER/checkpoint (a rerun resumes; removed once the
+fit is saved unless kept), the fitted decomposer and its source.json (the store and the fit's fingerprint)
+written by rank 0.
 
 A folder that already holds a fitted decomposer is kept: the same settings on the same store return it as it is,
 other settings are refused (naming the fields that differ) unless `overwrite`, which starts afresh.
@@ -63,8 +64,9 @@ def _finished_fit(out: Path, method: str, config: Any, fingerprint: dict, overwr
 
 
 def fit_store(store_path: Path, method: str, config: Any, out: Path, progress: bool = True, log=print,
-              overwrite: bool = False) -> Any:  # fmt: skip
-    """Fit `method` with `config` on the store at `store_path`; save it into `out`; return it."""
+              overwrite: bool = False, keep_checkpoint: bool = False) -> Any:  # fmt: skip
+    """Fit `method` with `config` on the store at `store_path`; save it into `out`; return it. The checkpoint
+    folder is removed once the fit is saved (optimizer state, SNMF's copies of G) unless `keep_checkpoint`."""
     store = ActivationStore.open(store_path)
     fingerprint = fit_fingerprint(method, config, store)
     if _finished_fit(out, method, config, fingerprint, overwrite):
@@ -76,5 +78,7 @@ def fit_store(store_path: Path, method: str, config: Any, out: Path, progress: b
     if distributed.rank() == 0:  # every rank holds the same fitted decomposer
         decomposer.save(out)
         write_source(out, store, fingerprint)
+        if not keep_checkpoint:
+            shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     distributed.barrier()
     return decomposer
