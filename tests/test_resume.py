@@ -173,3 +173,11 @@ def test_snmf_with_g_on_disk_and_no_checkpoint_folder_leaves_no_temporary_files(
     snmf.fit(x, progress=False)
     assert list(scratch.iterdir()) == []  # the old code left snmf-*/G.npy, G.spare.npy and checkpoints
     assert snmf.g_best.shape == (1200, 6) and bool(snmf.g_best.isfinite().all())  # the codes stay readable
+
+
+def test_saelens_cfg_names_the_model_and_the_transformer_lens_hook(tmp_path):
+    store_path = tmp_path / "run" / "0.resid_post"
+    make_store(store_path, planted(), model="org/model-a")
+    fit_store(store_path, "topk", SAEConfig(**SAE_BASE), tmp_path / "sae", progress=False, log=lambda m: None)
+    meta = json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]
+    assert meta["model_name"] == "org/model-a" and meta["hook_name"] == "blocks.0.hook_resid_post"  # old: ""

@@ -24,6 +24,8 @@ from interp.decompose.base import (
     read_source,
     write_source,
 )
+from interp.decompose.formats.saelens import record_saelens_source
+from interp.models.sites import parse_site
 from interp.store import ActivationStore
 
 CHECKPOINT = "checkpoint"
@@ -77,6 +79,7 @@ def fit_store(store_path: Path, method: str, config: Any, out: Path, progress: b
     decomposer = method_class(method)(config).fit(store, checkpoint_dir=out / CHECKPOINT, progress=progress)
     if distributed.rank() == 0:  # every rank holds the same fitted decomposer
         decomposer.save(out)
+        record_saelens_source(out, store.manifest.model, parse_site(store.site).tl_hook)
         write_source(out, store, fingerprint)
         if not keep_checkpoint:
             shutil.rmtree(out / CHECKPOINT, ignore_errors=True)

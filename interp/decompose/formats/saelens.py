@@ -7,6 +7,7 @@ for inference); an MP-SAE as "matching_pursuit" (tied: W_dec and b_dec only). We
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,14 @@ def write_saelens_files(
     atomic_write_json(
         folder / SAELENS_CONFIG, saelens_config(architecture, d_in, config, model_name, hook_name)
     )
+
+
+def record_saelens_source(folder: str | Path, model_name: str, hook_name: str) -> None:
+    """Fill `model_name` and `hook_name` of the folder's SAELens cfg.json (when it has one), so SAELens knows where
+    the SAE reads (the model as the store recorded it, the site's TransformerLens hook)."""
+    path = Path(folder) / SAELENS_CONFIG
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text())
+    cfg.setdefault("metadata", {}).update({"model_name": model_name, "hook_name": hook_name})
+    atomic_write_json(path, cfg)
