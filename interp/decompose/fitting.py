@@ -44,7 +44,7 @@ def fit_fingerprint(method: str, config: Any, store: ActivationStore) -> dict:
     return make_fingerprint({"method": method, **settings_of(config)}, store.fingerprint())
 
 
-def _finished_fit(out: Path, method: str, config: Any, fingerprint: dict, overwrite: bool) -> bool:
+def _finished_fit(out: Path, config: Any, fingerprint: dict, overwrite: bool) -> bool:
     """True when `out` holds a fit with these settings (to be returned as it is); refuses one with other settings
     unless `overwrite`, which removes what the old fit left (checkpoint, index)."""
     if overwrite:
@@ -71,7 +71,7 @@ def fit_store(store_path: Path, method: str, config: Any, out: Path, progress: b
     folder is removed once the fit is saved (optimizer state, SNMF's copies of G) unless `keep_checkpoint`."""
     store = ActivationStore.open(store_path)
     fingerprint = fit_fingerprint(method, config, store)
-    if _finished_fit(out, method, config, fingerprint, overwrite):
+    if _finished_fit(out, config, fingerprint, overwrite):
         log(f"{out} already holds this fit (same settings, same store); pass --overwrite to fit it again")
         return load_decomposer(out)
     world = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
