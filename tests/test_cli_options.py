@@ -81,3 +81,23 @@ def test_configs_validate_their_numbers_for_library_users():
         IndexConfig(batch_tokens=0)
     with pytest.raises(SteerEvalError, match="top_p=1.5 must be in"):
         SteerEvalConfig(top_p=1.5)
+
+
+def test_capture_takes_several_corpus_sources(tmp_path, monkeypatch):
+    import json
+
+    from interp.corpus import Contexts
+
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a.txt").write_text("\n\n".join(f"apples number {i} are red." for i in range(20)))
+    (tmp_path / "b.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"berries {i} are blue."}) for i in range(20))
+    )
+    result = runner.invoke(app, ["capture", "--model", "tiny-gpt2", "--sites", "0.resid_post", "--n-tokens", "80",
+                                 "--context-len", "16", "--device", "cpu", "--corpus", str(tmp_path / "a.txt"),
+                                 "--corpus", str(tmp_path / "b.jsonl")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "cache" / "activations" / "tiny-gpt2" / "a+b"
+    contexts = Contexts.load(run / "contexts.safetensors")
+    assert contexts.description["corpus"] == [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
+    assert len(contexts.doc_ids[contexts.doc_ids >= 0].unique()) > 2  # both sources' documents, ids apart

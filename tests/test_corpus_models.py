@@ -133,3 +133,31 @@ def test_a_folder_without_tokenizer_files_is_refused(tmp_path, family):
                                    "--sites", "0.resid_post", "--n-tokens", "64", "--out", str(tmp_path / "run")])  # fmt: skip
     assert out.exit_code == 2 and "no usable tokenizer" in out.output and "Traceback" not in out.output
     assert not (tmp_path / "run" / "0.resid_post").exists()
+
+
+def test_several_sources_pack_as_one_corpus_with_distinct_document_ids(tmp_path):
+    """`--corpus a.txt --corpus b.jsonl`: documents in turn (a0, b0, a1, b1, ...), ids numbering the mixed corpus;
+    the old code took one source."""
+    tok = byte_tokenizer()
+    (tmp_path / "a.txt").write_text("\n\n".join(f"apple {i}" for i in range(3)))
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": f"berry {i} {i}"}) for i in range(5)))
+    sources = [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
+    ctx = load_contexts(tok, sources, context_len=8)
+    texts = []
+    for doc in range(int(ctx.doc_ids.max()) + 1):
+        mask = ctx.doc_ids == doc
+        tokens = ctx.token_ids[mask][ctx.doc_positions[mask].argsort()]
+        texts.append(tok.decode(tokens.tolist()).strip())
+    assert texts == [
+        "apple 0",
+        "berry 0 0",
+        "apple 1",
+        "berry 1 1",
+        "apple 2",
+        "berry 2 2",
+        "berry 3 3",
+        "berry 4 4",
+    ]
+    assert ctx.description["corpus"] == sources
+    one = load_contexts(tok, sources[0], context_len=8)
+    assert one.description["corpus"] == sources[0]  # one source: the fingerprint is unchanged

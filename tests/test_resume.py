@@ -149,3 +149,35 @@ def test_the_index_names_the_store_row_of_a_nan(tmp_path, tiny_llama):
     config = IndexConfig(batch_tokens=64, checkpoint_every=0, device="cpu")
     with pytest.raises(FeatureIndexError, match=r"rows \[1100\]"):  # the old code named the row in its batch
         build_index(sae, store, tmp_path / "idx", config, model=tiny_llama, progress=False)
+
+
+def test_a_successful_fit_removes_its_checkpoint_unless_asked_to_keep_it(tmp_path):
+    store_path = tmp_path / "run" / "0.resid_post"
+    make_store(store_path, planted())
+    quiet = dict(progress=False, log=lambda m: None)
+    fit_store(store_path, "topk", SAEConfig(**SAE_BASE), tmp_path / "a", **quiet)
+    assert (tmp_path / "a" / "model.safetensors").exists() and not (tmp_path / "a" / "checkpoint").exists()
+    fit_store(store_path, "snmf", SNMFConfig(n_features=6, max_iter=5, device="cpu"), tmp_path / "b", **quiet,
+              keep_checkpoint=True)  # fmt: skip
+    assert (tmp_path / "b" / "checkpoint" / "layout.json").exists()
+
+
+def test_snmf_with_g_on_disk_and_no_checkpoint_folder_leaves_no_temporary_files(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    x = planted().abs()
+    snmf = SNMF(SNMFConfig(n_features=6, max_iter=12, checkpoint_every=5, g_on_disk=True, device="cpu"))
+    snmf.fit(x, progress=False)
+    assert list(scratch.iterdir()) == []  # the old code left snmf-*/G.npy, G.spare.npy and checkpoints
+    assert snmf.g_best.shape == (1200, 6) and bool(snmf.g_best.isfinite().all())  # the codes stay readable
+
+
+def test_saelens_cfg_names_the_model_and_the_transformer_lens_hook(tmp_path):
+    store_path = tmp_path / "run" / "0.resid_post"
+    make_store(store_path, planted(), model="org/model-a")
+    fit_store(store_path, "topk", SAEConfig(**SAE_BASE), tmp_path / "sae", progress=False, log=lambda m: None)
+    meta = json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]
+    assert meta["model_name"] == "org/model-a" and meta["hook_name"] == "blocks.0.hook_resid_post"  # old: ""

@@ -349,7 +349,7 @@ def test_fit_cli_with_checkpoints_and_hierarchy(tmp_path, data):
     assert result.exit_code == 0, result.output
     snmf = load_decomposer(tmp_path / "fit")
     assert snmf.n_features == 16 and snmf.config.sparsity == 0.02 and len(snmf.levels) == 1
-    assert (tmp_path / "fit" / "checkpoint" / "state.json").exists()
+    assert not (tmp_path / "fit" / "checkpoint").exists()  # removed once the fit is saved
     assert json.loads((tmp_path / "fit" / "source.json").read_text())["site"] == "0.mlp_hidden"
     wrong = CliRunner().invoke(app, [*args[:7], "--topk-k", "4"])
     assert wrong.exit_code == 2 and "--topk-k does not apply to method 'snmf'" in wrong.output

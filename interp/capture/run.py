@@ -12,7 +12,7 @@ packed otherwise is refused before anything is written.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,15 +257,16 @@ def middle_sites(n_layers: int) -> str:
     return f"{layer}.mlp_hidden,{layer}.resid_post"
 
 
-def default_run_dir(model: str, corpus: str) -> Path:
-    """cache/activations/MODEL/CORPUS."""
-    return cache_dir() / "activations" / Path(model).name / Path(corpus).stem
+def default_run_dir(model: str, corpus: str | Sequence[str]) -> Path:
+    """cache/activations/MODEL/CORPUS (several sources: their names joined by '+')."""
+    sources = [corpus] if isinstance(corpus, str) else list(corpus)
+    return cache_dir() / "activations" / Path(model).name / "+".join(Path(s).stem for s in sources)
 
 
 def capture_corpus(
     model_name: str,
     sites: str | None,
-    corpus: str,
+    corpus: str | Sequence[str],
     n_tokens: int,
     context_len: int = 128,
     batch_size: int = 8,

@@ -33,8 +33,12 @@ def capture_cmd(
         typer.Option(help="comma-separated, e.g. 9.mlp_hidden,9.resid_post (default: middle layer)"),
     ] = None,
     corpus: Annotated[
-        str, typer.Option(help="'bbc' (built in), a .txt/.jsonl/.parquet/.csv file, or a hub dataset")
-    ] = "bbc",
+        list[str] | None,
+        typer.Option(
+            help="'bbc' (built in), a .txt/.jsonl/.parquet/.csv file, or a hub dataset; repeat to pack several "
+            "sources as one corpus (their documents in turn)"
+        ),
+    ] = None,
     n_tokens: Annotated[int, typer.Option(help="tokens to store per site (BOS excluded)")] = 100_000,
     context_len: Annotated[int, typer.Option(help="tokens per context, BOS included")] = 128,
     batch_size: int = 8,
@@ -55,6 +59,7 @@ def capture_cmd(
     from interp.core import distributed as dist
 
     offline_by_default()
+    corpus = corpus or ["bbc"]
     try:
         device = dist.start(distributed, device)
         stores, stats, folder = capture_corpus(model, sites, corpus, n_tokens, context_len, batch_size, backend,

@@ -25,7 +25,7 @@ def method_config(method: str, options: dict[str, Any]) -> Any:
 
 
 def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, Any], progress: bool = True,
-            overwrite: bool = False) -> Any:  # fmt: skip
+            overwrite: bool = False, keep_checkpoint: bool = False) -> Any:  # fmt: skip
     """Fit `method` with CLI `options` on a store into `out` (default under cache/decomposers); returns it."""
     from interp.decompose.fitting import default_fit_dir, fit_store
 
@@ -37,7 +37,8 @@ def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, 
             f"(finest) rank; pass --k {config.n_features}, or leave --k out"
         )
     out = out or default_fit_dir(store_path, method, getattr(config, "n_features", k))
-    return fit_store(store_path, method, config, out, progress, log=echo0, overwrite=overwrite)
+    return fit_store(store_path, method, config, out, progress, log=echo0, overwrite=overwrite,
+                     keep_checkpoint=keep_checkpoint)  # fmt: skip
 
 
 def fit_cmd(
@@ -70,6 +71,9 @@ def fit_cmd(
     overwrite: Annotated[
         bool, typer.Option(help="replace a fit (or a checkpoint) of other settings in the output folder")
     ] = False,
+    keep_checkpoint: Annotated[
+        bool, typer.Option(help="keep FOLDER/checkpoint after a successful fit (optimizer state, SNMF's G)")
+    ] = False,
     distributed: Annotated[
         bool,
         typer.Option(
@@ -89,7 +93,7 @@ def fit_cmd(
     try:
         options["device"] = dist.start(distributed, device)
         options.update(parse_overrides(set_ or []))
-        run_fit(store, method, out, options, overwrite=overwrite)
+        run_fit(store, method, out, options, overwrite=overwrite, keep_checkpoint=keep_checkpoint)
     except USER_ERRORS as e:
         fail(e)
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from typing import Any
 import torch
 
 from interp.core.io import atomic_save_safetensors
-from interp.corpus.documents import DEFAULT_CORPUS, DOC_SEPARATOR, CorpusError, Document, load_documents
+from interp.corpus.documents import (
+    DEFAULT_CORPUS,
+    DOC_SEPARATOR,
+    CorpusError,
+    Document,
+    interleave,
+    load_documents,
+)
 
 
 @dataclass
@@ -77,7 +85,7 @@ def pack(
     context_len: int = 128,
     n_tokens: int | None = None,
     prepend_bos: bool = True,
-    source: str = DEFAULT_CORPUS,
+    source: str | list[str] = DEFAULT_CORPUS,
 ) -> Contexts:
     """Tokenize `docs` and cut the stream into contexts of `context_len` tokens (BOS + context_len - 1).
 
@@ -140,11 +148,19 @@ def pack(
 
 def load_contexts(
     tokenizer: Any,
-    source: str = DEFAULT_CORPUS,
+    source: str | Sequence[str] = DEFAULT_CORPUS,
     context_len: int = 128,
     n_tokens: int | None = None,
     text_column: str = "text",
     prepend_bos: bool = True,
 ) -> Contexts:
-    """`load_documents` then `pack`."""
-    return pack(load_documents(source, text_column), tokenizer, context_len, n_tokens, prepend_bos, source)
+    """`load_documents` then `pack`. Several sources are packed as one corpus, their documents taken in turn
+    (`interleave`); document ids number the documents of that corpus, so they stay distinct across sources."""
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise CorpusError("no corpus given; pass --corpus (bbc, a file, or a hub dataset)")
+    if len(sources) == 1:
+        docs, name = load_documents(sources[0], text_column), sources[0]
+    else:
+        docs, name = interleave([load_documents(s, text_column) for s in sources]), sources
+    return pack(docs, tokenizer, context_len, n_tokens, prepend_bos, name)

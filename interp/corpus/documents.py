@@ -114,6 +114,13 @@ def dataset_documents(
     ]
 
 
+def interleave(groups: list[list[Document]]) -> list[Document]:
+    """The documents of several sources taken in turn (first of each, then second of each, ...), so any prefix,
+    and so a capture of any --n-tokens, mixes every source."""
+    longest = max((len(g) for g in groups), default=0)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
+
+
 def load_documents(source: str = DEFAULT_CORPUS, text_column: str = "text") -> list[Document]:
     """Documents of a corpus; raises CorpusError when there is no non-empty text."""
     docs = bbc_documents() if source == DEFAULT_CORPUS else dataset_documents(source, text_column)

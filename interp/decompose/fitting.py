@@ -1,5 +1,6 @@
-"""Fit a decomposer on a store into a folder: checkpoints in FOLDER/checkpoint (a rerun resumes), the fitted
-decomposer and its source.json (the store and the fit's fingerprint) written by rank 0.
+"""Fit a decomposer on a store into a folder: checkpoints in FOLDER/checkpoint (a rerun resumes; removed once the
+fit is saved unless kept), the fitted decomposer and its source.json (the store and the fit's fingerprint)
+written by rank 0.
 
 A folder that already holds a fitted decomposer is kept: the same settings on the same store return it as it is,
 other settings are refused (naming the fields that differ) unless `overwrite`, which starts afresh.
@@ -23,6 +24,8 @@ from interp.decompose.base import (
     read_source,
     write_source,
 )
+from interp.decompose.formats.saelens import record_saelens_source
+from interp.models.sites import parse_site
 from interp.store import ActivationStore
 
 CHECKPOINT = "checkpoint"
@@ -41,7 +44,7 @@ def fit_fingerprint(method: str, config: Any, store: ActivationStore) -> dict:
     return make_fingerprint({"method": method, **settings_of(config)}, store.fingerprint())
 
 
-def _finished_fit(out: Path, method: str, config: Any, fingerprint: dict, overwrite: bool) -> bool:
+def _finished_fit(out: Path, config: Any, fingerprint: dict, overwrite: bool) -> bool:
     """True when `out` holds a fit with these settings (to be returned as it is); refuses one with other settings
     unless `overwrite`, which removes what the old fit left (checkpoint, index)."""
     if overwrite:
@@ -63,11 +66,12 @@ def _finished_fit(out: Path, method: str, config: Any, fingerprint: dict, overwr
 
 
 def fit_store(store_path: Path, method: str, config: Any, out: Path, progress: bool = True, log=print,
-              overwrite: bool = False) -> Any:  # fmt: skip
-    """Fit `method` with `config` on the store at `store_path`; save it into `out`; return it."""
+              overwrite: bool = False, keep_checkpoint: bool = False) -> Any:  # fmt: skip
+    """Fit `method` with `config` on the store at `store_path`; save it into `out`; return it. The checkpoint
+    folder is removed once the fit is saved (optimizer state, SNMF's copies of G) unless `keep_checkpoint`."""
     store = ActivationStore.open(store_path)
     fingerprint = fit_fingerprint(method, config, store)
-    if _finished_fit(out, method, config, fingerprint, overwrite):
+    if _finished_fit(out, config, fingerprint, overwrite):
         log(f"{out} already holds this fit (same settings, same store); pass --overwrite to fit it again")
         return load_decomposer(out)
     world = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
@@ -75,6 +79,9 @@ def fit_store(store_path: Path, method: str, config: Any, out: Path, progress: b
     decomposer = method_class(method)(config).fit(store, checkpoint_dir=out / CHECKPOINT, progress=progress)
     if distributed.rank() == 0:  # every rank holds the same fitted decomposer
         decomposer.save(out)
+        record_saelens_source(out, store.manifest.model, parse_site(store.site).tl_hook)
         write_source(out, store, fingerprint)
+        if not keep_checkpoint:
+            shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     distributed.barrier()
     return decomposer

@@ -8,6 +8,7 @@ for inference); an MP-SAE as "matching_pursuit" (tied: W_dec and b_dec only). We
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,14 @@ def site_name(hook: str) -> str | None:
         return site_of_hook(hook).name if hook else None
     except SiteError:
         return None
+
+
+def record_saelens_source(folder: str | Path, model_name: str, hook_name: str) -> None:
+    """Fill `model_name` and `hook_name` of the folder's SAELens cfg.json (when it has one), so SAELens knows where
+    the SAE reads (the model as the store recorded it, the site's TransformerLens hook)."""
+    path = Path(folder) / SAELENS_CONFIG
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text())
+    cfg.setdefault("metadata", {}).update({"model_name": model_name, "hook_name": hook_name})
+    atomic_write_json(path, cfg)

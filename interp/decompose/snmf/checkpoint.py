@@ -41,9 +41,10 @@ class Checkpoints:
     root: Path
     layout: dict  # this fit's: world_size, tokens per rank
     saved: dict | None  # the layout of the checkpoint to resume from (None: start afresh)
+    temporary: bool = False  # a scratch folder for memory-mapped G only: nothing is checkpointed there
 
     @classmethod
-    def open(cls, root: Path, layout: dict) -> Checkpoints:
+    def open(cls, root: Path, layout: dict, temporary: bool = False) -> Checkpoints:
         """The checkpoints under `root` for a fit with `layout`; refuses a checkpoint of other tokens."""
         saved = None
         if (root / LAYOUT).exists():
@@ -58,7 +59,7 @@ class Checkpoints:
                        "--overwrite or delete the checkpoint folder to start afresh", DecomposerError)  # fmt: skip
         elif layout["world_size"] == 1 and (root / "state.json").exists():
             saved = layout  # written before layouts were recorded: a single process's
-        return cls(root, layout, saved)
+        return cls(root, layout, saved, temporary)
 
     @property
     def folder(self) -> Path:

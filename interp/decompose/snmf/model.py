@@ -160,16 +160,25 @@ class SNMF:
         on_disk = self.config.g_on_disk
         if on_disk is None:
             on_disk = stream.store is not None or stream.n * k * 4 > 2**30
+        scratch = None  # G memory-mapped without a checkpoint folder: a temporary one, removed after the fit
         if on_disk and ckpt is None:
             import tempfile
 
-            ckpt = Path(tempfile.mkdtemp(prefix="snmf-"))
+            ckpt = scratch = Path(tempfile.mkdtemp(prefix="snmf-"))
         if ckpt is not None:  # where each rank writes, and the checkpoint to resume from (any former split)
             settings = {"method": "snmf", **settings_of(self.config, resume=True)}
             fingerprint = make_fingerprint(settings, {**data_print, "n_tokens": n_total, "d": stream.d})
             layout = {"world_size": distributed.world_size(), "tokens": sizes.long().tolist()}
-            ckpt = Checkpoints.open(ckpt, {**layout, "fingerprint": fingerprint})
-        self.f = self._fit_level(stream, k, ckpt, on_disk, progress and distributed.rank() == 0, level=1)
+            ckpt = Checkpoints.open(
+                ckpt, {**layout, "fingerprint": fingerprint}, temporary=scratch is not None
+            )
+        try:
+            self.f = self._fit_level(stream, k, ckpt, on_disk, progress and distributed.rank() == 0, level=1)
+        finally:
+            if scratch is not None:  # POSIX: g_best's memory map stays readable after its file is removed
+                import shutil
+
+                shutil.rmtree(scratch, ignore_errors=True)
         self._distributed = False  # the hierarchy factorizes F, which every rank holds whole
         if self.config.hierarchy:
             self._fit_hierarchy(progress)
@@ -240,7 +249,8 @@ class SNMF:
                 time.perf_counter() - started,
                 time.process_time() - cpu_started,
             )
-            if ckpt is not None and (state.iteration % cfg.checkpoint_every == 0 or state.stop_reason):
+            if ckpt is not None and not ckpt.temporary and (state.iteration % cfg.checkpoint_every == 0
+                                                            or state.stop_reason):  # fmt: skip
                 # G_best is saved apart only when it is not the latest (the state says which)
                 buffers_by_name = {"G": g} | ({"G_best": g_best} if g_best is not g else {})
                 sums = {
