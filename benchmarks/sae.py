@@ -73,6 +73,22 @@ def _start_from(init: dict[str, torch.Tensor], **params: torch.Tensor) -> None:
         param.copy_(value if value.shape == param.shape else value.T)
 
 
+def _saelens_steps(sae, batches: list[torch.Tensor], lr: float, n_steps: int) -> float:
+    """SAELens' own training step (its `training_forward_pass` loss) under plain Adam; seconds of steps 1.."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+
+    def step(i):
+        out = sae.training_forward_pass(TrainStepInput(sae_in=batches[i], coefficients={}, dead_neuron_mask=None,
+                                                       n_training_steps=i, is_logging_step=False))  # fmt: skip
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    return _timed_steps(step, n_steps)
+
+
 def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) -> None:
     """Train one method on the train rows from the shared init, write its held-out reconstruction and timing."""
     data = torch.load(data_path, weights_only=True)
@@ -131,7 +147,6 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
             MatchingPursuitTrainingSAE,
             MatchingPursuitTrainingSAEConfig,
         )
-        from sae_lens.saes.sae import TrainStepInput
         from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
         if name == "saelens_topk":
@@ -142,35 +157,16 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
                 stop_on_duplicate_support=False))  # fmt: skip
         names = ("W_enc", "b_enc", "W_dec", "b_dec") if name == "saelens_topk" else ("W_dec", "b_dec")
         _start_from(init, **{key: getattr(sae, key) for key in names})
-        opt = torch.optim.Adam(sae.parameters(), lr=lr)
-
-        def step(i):
-            out = sae.training_forward_pass(TrainStepInput(sae_in=batches[i], coefficients={}, dead_neuron_mask=None,
-                                                           n_training_steps=i, is_logging_step=False))  # fmt: skip
-            out.loss.backward()
-            opt.step()
-            opt.zero_grad()
-
-        seconds = _timed_steps(step, n_steps)
+        seconds = _saelens_steps(sae, batches, lr, n_steps)
         with torch.no_grad():
             recon = sae.decode(sae.encode(held))
     elif name == "saelens_matryoshka":
         from sae_lens.saes import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
-        from sae_lens.saes.sae import TrainStepInput
 
         sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
             d_in=train.shape[1], d_sae=D_SAE, k=K, matryoshka_widths=list(WIDTHS)))  # fmt: skip
         _start_from(init, **{key: getattr(sae, key) for key in ("W_enc", "b_enc", "W_dec", "b_dec")})
-        opt = torch.optim.Adam(sae.parameters(), lr=lr)
-
-        def step(i):
-            out = sae.training_forward_pass(TrainStepInput(sae_in=batches[i], coefficients={}, dead_neuron_mask=None,
-                                                           n_training_steps=i, is_logging_step=False))  # fmt: skip
-            out.loss.backward()
-            opt.step()
-            opt.zero_grad()
-
-        seconds = _timed_steps(step, n_steps)
+        seconds = _saelens_steps(sae, batches, lr, n_steps)
         with (
             torch.no_grad()
         ):  # the training SAE's BatchTopK codes (its threshold needs more steps than these)

@@ -162,10 +162,11 @@ def test_causal_tests(tmp_path, monkeypatch):
     [steer_dir] = (cache / "notebooks" / "tiny-llama" / "bbc" / "steer").iterdir()
     results = pd.read_parquet(steer_dir / "results.parquet")
     methods = set(results["method"])
-    assert {"diff_in_means", "random"} < methods and len(methods) == 3
-    assert set(results["concept"]) == set(params["concept_names"])
-    assert sorted(set(-results["target"])) == params["strengths"]
-    assert len(results) == 2 * 3 * len(params["strengths"])
+    assert {"diff_in_means", "random", "unsteered"} < methods and len(methods) == 4  # + the SNMF features
+    steered = results[results["method"] != "unsteered"]
+    assert set(steered["concept"]) == set(params["concept_names"])
+    assert sorted(set(steered["target"])) == params["strengths"] and set(steered["kind"]) == {"strength"}
+    assert len(steered) == 2 * 3 * len(params["strengths"])  # concepts x methods x strengths, one sign
     detection = pd.read_csv(steer_dir / "detection.csv")
     assert detection["held_out_auroc"].between(0, 1).all()
     [sweep] = [fig for fig in outputs(nb, PLOTLY) if "Steering sweep" in fig["layout"]["title"]["text"]]

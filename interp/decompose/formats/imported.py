@@ -92,15 +92,7 @@ def to_decomposer(imported: Imported) -> Any:
         options["architecture"] = imported.architecture
     config = cls.config_class(n_features=imported.n_features, **options)
     decomposer = cls(config, imported.d_in)
-    module = decomposer.module
-    t = {k: v.float() for k, v in imported.tensors.items()}
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if name in t:
-                param.copy_(t[name])
-        if "threshold" in t:
-            module.log_threshold.copy_(t["threshold"].clamp_min(1e-12).log())
-            module.batch_threshold.copy_(t["threshold"][0])
+    decomposer.module.load_tensors({k: v.float() for k, v in imported.tensors.items()})
     return decomposer
 
 

@@ -140,9 +140,7 @@ class SAEModule(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(config.initial_threshold)))
         self.register_buffer("batch_threshold", torch.tensor(0.0))  # BatchTopK inference threshold
-        self.register_buffer(
-            "threshold_ready", torch.tensor(False)
-        )  # JumpReLU: threshold set from the target
+        self.register_buffer("threshold_ready", torch.tensor(0.0))  # JumpReLU: threshold set from the target
         self.register_buffer("scale", torch.tensor(1.0))  # activation scale (1 once folded)
 
     def optimizer_groups(self, lr: float) -> list[dict]:
@@ -263,6 +261,18 @@ class SAEModule(nn.Module):
         remove_parallel_gradient_(self.W_dec)
 
     @torch.no_grad()
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Set the parameters from SAELens-named tensors (`SAE.tensors`); a saved `threshold` sets JumpReLU's theta
+        and BatchTopK's single inference threshold."""
+        for name, param in self.named_parameters():
+            if name in tensors:
+                param.copy_(tensors[name])
+        if "threshold" in tensors:
+            self.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
+            self.batch_threshold.copy_(tensors["threshold"][0])
+            self.threshold_ready.fill_(1.0)
+
+    @torch.no_grad()
     def fold_scale(self) -> None:
         """Fold the activation scale s into the weights: encode/decode of raw activations stay exact."""
         s = self.scale.clone()
@@ -346,14 +356,6 @@ class SAE:
     def load(cls, folder: str | Path):
         meta, tensors = read_decomposer(folder)
         sae = cls(cls.config_class(**meta["config"]), meta["d_in"])
-        m = sae.module
-        with torch.no_grad():
-            for name, param in m.named_parameters():
-                if name in tensors:
-                    param.copy_(tensors[name])
-            if "threshold" in tensors:
-                m.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
-                m.batch_threshold.copy_(tensors["threshold"][0])
-                m.threshold_ready.fill_(True)
+        sae.module.load_tensors(tensors)
         sae.history = meta.get("history", [])
         return sae
