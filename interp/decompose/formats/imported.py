@@ -92,7 +92,9 @@ def to_decomposer(imported: Imported) -> Any:
         options["architecture"] = imported.architecture
     config = cls.config_class(n_features=imported.n_features, **options)
     decomposer = cls(config, imported.d_in)
-    decomposer.module.load_tensors({k: v.float() for k, v in imported.tensors.items()})
+    from interp.decompose.sae.model import load_tensors
+
+    load_tensors(decomposer.module, {k: v.float() for k, v in imported.tensors.items()})
     return decomposer
 
 

@@ -261,18 +261,6 @@ class SAEModule(nn.Module):
         remove_parallel_gradient_(self.W_dec)
 
     @torch.no_grad()
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Set the parameters from SAELens-named tensors (`SAE.tensors`); a saved `threshold` sets JumpReLU's theta
-        and BatchTopK's single inference threshold."""
-        for name, param in self.named_parameters():
-            if name in tensors:
-                param.copy_(tensors[name])
-        if "threshold" in tensors:
-            self.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
-            self.batch_threshold.copy_(tensors["threshold"][0])
-            self.threshold_ready.fill_(1.0)
-
-    @torch.no_grad()
     def fold_scale(self) -> None:
         """Fold the activation scale s into the weights: encode/decode of raw activations stay exact."""
         s = self.scale.clone()
@@ -280,6 +268,19 @@ class SAEModule(nn.Module):
         self.W_dec.div_(s)
         self.b_dec.div_(s)
         self.scale.fill_(1.0)
+
+
+@torch.no_grad()
+def load_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Set an SAE-family module's parameters from SAELens-named tensors (`SAE.tensors`); a `threshold` sets
+    JumpReLU's theta and BatchTopK's single inference threshold."""
+    for name, param in module.named_parameters():
+        if name in tensors:
+            param.copy_(tensors[name])
+    if "threshold" in tensors:
+        module.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
+        module.batch_threshold.copy_(tensors["threshold"][0])
+        module.threshold_ready.fill_(1.0)
 
 
 class SAE:
@@ -356,6 +357,6 @@ class SAE:
     def load(cls, folder: str | Path):
         meta, tensors = read_decomposer(folder)
         sae = cls(cls.config_class(**meta["config"]), meta["d_in"])
-        sae.module.load_tensors(tensors)
+        load_tensors(sae.module, tensors)
         sae.history = meta.get("history", [])
         return sae
