@@ -72,7 +72,7 @@ CI: dict[str, dict] = {
         "n_features": 64,
         "max_iter": 100,
         "per_concept": 16,
-        "strengths": [1.0, 2.0, 4.0],
+        "strengths": [2.0],  # one strength: each cell samples and judges two prompt sets on the real model
         "n_samples": 1,
         "max_new_tokens": 8,
     },

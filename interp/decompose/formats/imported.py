@@ -19,6 +19,7 @@ import torch
 
 from interp.core.io import atomic_write_json
 from interp.decompose.base import DecomposerError, method_class
+from interp.decompose.sae.weights import load_tensors
 
 IMPORT_FILE = "imported.json"  # {"format", "source", "original_config", "model", "hook_name", "site"}
 
@@ -92,8 +93,6 @@ def to_decomposer(imported: Imported) -> Any:
         options["architecture"] = imported.architecture
     config = cls.config_class(n_features=imported.n_features, **options)
     decomposer = cls(config, imported.d_in)
-    from interp.decompose.sae.model import load_tensors
-
     load_tensors(decomposer.module, {k: v.float() for k, v in imported.tensors.items()})
     return decomposer
 

@@ -29,6 +29,7 @@ from interp.decompose.base import DecomposerError, read_decomposer, save_decompo
 from interp.decompose.sae.architectures import ARCHITECTURES
 from interp.decompose.sae.sparse import make_selection, selected_pre, sparse_decode, topk_selection
 from interp.decompose.sae.unit_decoder import normalize_rows_, remove_parallel_gradient_
+from interp.decompose.sae.weights import load_tensors
 from interp.store import ActivationStore
 
 
@@ -268,19 +269,6 @@ class SAEModule(nn.Module):
         self.W_dec.div_(s)
         self.b_dec.div_(s)
         self.scale.fill_(1.0)
-
-
-@torch.no_grad()
-def load_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Set an SAE-family module's parameters from SAELens-named tensors (`SAE.tensors`); a `threshold` sets
-    JumpReLU's theta and BatchTopK's single inference threshold."""
-    for name, param in module.named_parameters():
-        if name in tensors:
-            param.copy_(tensors[name])
-    if "threshold" in tensors:
-        module.log_threshold.copy_(tensors["threshold"].clamp_min(1e-12).log())
-        module.batch_threshold.copy_(tensors["threshold"][0])
-        module.threshold_ready.fill_(1.0)
 
 
 class SAE:
