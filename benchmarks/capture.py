@@ -44,7 +44,8 @@ def measure(args: argparse.Namespace) -> dict:
 
     sites = ",".join(f"{i}.resid_post" for i in range(model.info.n_layers)) if args.layer == "all" else \
         f"{layer}.mlp_hidden,{layer}.resid_post"  # fmt: skip
-    body = truncated_body(model, model.info.n_layers - 1 if args.layer == "all" else layer)
+    last = model.info.n_layers - 1 if args.layer == "all" else layer
+    body = truncated_body(model, last) if args.backend == "floor" else None  # the floor's own process only
 
     def forward_all() -> None:
         with torch.no_grad():
