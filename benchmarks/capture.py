@@ -25,6 +25,7 @@ import time
 
 def measure(args: argparse.Namespace) -> dict:
     import torch
+    from gpu import truncated_body  # the same floor as the GPU script's (benchmarks/ is on the path)
 
     from interp.capture import capture
     from interp.corpus import load_contexts
@@ -89,20 +90,6 @@ def measure(args: argparse.Namespace) -> dict:
         "device": str(model.device),
         "n_tokens": n_tokens,
     }
-
-
-def truncated_body(model, last_layer: int):
-    """The model's body (no unembedding) keeping blocks 0..last_layer, the final norm replaced by the identity."""
-    import torch
-
-    from interp.models.sites import FAMILIES, get_module
-
-    spec = FAMILIES[model.info.family]
-    base_path, blocks_name = spec.blocks.rsplit(".", 1)
-    base = get_module(model.hf, base_path)
-    setattr(base, blocks_name, torch.nn.ModuleList(list(getattr(base, blocks_name))[: last_layer + 1]))
-    setattr(base, spec.final_norm.rsplit(".", 1)[1], torch.nn.Identity())
-    return base
 
 
 def main() -> None:
