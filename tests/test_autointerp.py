@@ -3,6 +3,7 @@ through a real `transformers serve` of a planted chat model (known replies to kn
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import math
@@ -32,6 +33,13 @@ from interp.autointerp.prompts import (
     parse_labels,
 )
 from interp.autointerp.scoring import derangement, detection_trials, fuzzing_trials, metrics, score
+from interp.autointerp.simulation import (
+    SIMULATION_ASK,
+    correlation,
+    parse_numbers,
+    simulation_score,
+    simulation_trials,
+)
 from interp.features import FeatureIndex
 from interp.llm import LLMClient, LLMConfig, LLMError, ResponseCache
 
@@ -40,7 +48,9 @@ REPLIES = {  # last word of a prompt -> the planted model's reply
     EXPLAINER_ASK.split()[-1]: f"[EXPLANATION]: {EXPLANATION}",
     DETECTION_ASK.split()[-1]: "[1, 1, 1, 1]",  # says "fires" to every example of a 4-example prompt
     FUZZING_ASK.split()[-1]: "I am not sure",  # malformed: no list
+    SIMULATION_ASK.split()[-1]: "[0, 0, 0, 10, 0, 0, 0]",  # the centre token of a 7-token window fires
 }
+SIMULATED = [0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0]
 SMALL = ExplainConfig(n_explain=4, n_test=4, per_prompt=4, chunk=2, context=3)
 
 
@@ -57,6 +67,32 @@ def test_replies_are_parsed_or_counted_malformed():
     assert parse_labels("[1 0 1]", 3) == [1, 0, 1]
     for bad in ("[1, 0]", "1, 0, 1", "[1, 2, 0]", "", None):
         assert parse_labels(bad, 3) is None
+    # one example: a reply that starts with its label counts (small models answer so); not for longer lists
+    assert parse_labels("No, the text does not", 1) == [0] and parse_labels(" Yes.", 1) == [1]
+    assert parse_labels("1", 1) == [1] and parse_labels("[0]", 1) == [0]
+    assert parse_labels("Nothing fires", 1) is None and parse_labels("No, no, yes", 3) is None
+
+
+def test_simulation_parses_numbers_and_correlates_over_all_tokens():
+    assert parse_numbers("Sure: [0, 3, 12, -1]", 4) == [0.0, 3.0, 10.0, 0.0]  # clipped to 0-10
+    assert parse_numbers("0 7 0", 3) == [0.0, 7.0, 0.0]  # no brackets: exactly n numbers
+    for bad in ("[1, 2]", "[1, 2, 3] and", "", None, "none of them"):
+        assert parse_numbers(bad, 4 if bad == "[1, 2, 3] and" else 3) is None
+    true = torch.tensor([0.0, 1.0, 4.0, 0.0])
+    assert correlation(true * 3 + 1, true) == pytest.approx(1.0)  # scale- and shift-free
+    assert correlation(-true, true) == pytest.approx(-1.0)
+    assert math.isnan(correlation(torch.zeros(4), true)) and math.isnan(correlation(true[:1], true[:1]))
+    pos = [Snippet(f"{i}:1", ["a", "b", "c"], [0.0, 2.0, 0.5], True, 1) for i in range(2)]
+    neg = [Snippet("9:1", ["x", "y", "z"], [0.0, 0.0, 0.0], False, 1)]
+    trials = simulation_trials(FeatureExamples(3, pos, pos, neg, "planted"))
+    assert [t.labels for t in trials] == [[0.0, 2.0, 0.5]] * 2 + [[0.0] * 3] and trials[0].texts == [
+        "a\nb\nc"
+    ]
+    # predictions equal to the truth (scaled) correlate 1 over the concatenation; a malformed reply is left out
+    result, malformed = simulation_score(trials, ["[0, 8, 2]", "[0, 8, 2]", "[0, 0]"])
+    assert malformed == 1 and result["n"] == 6 and result["correlation"] == pytest.approx(1.0)
+    result, _ = simulation_score(trials, ["[5, 0, 0]", "[5, 0, 0]", "[0, 0, 0]"])  # the wrong token
+    assert result["correlation"] < 0
 
 
 def test_metrics_by_hand():
@@ -243,6 +279,35 @@ def test_explain_writes_scores_and_baseline_then_resumes(server, index_copy, mon
 
 
 @pytest.mark.slow
+def test_simulation_scores_the_planted_predictions_against_the_true_activations(server, index_copy):
+    """The planted simulator predicts the centre token of every 7-token window: the score must be the
+    correlation of that prediction with the examples' true activations, recomputed here from the same examples;
+    windows of other lengths are malformed replies."""
+    import pandas as pd
+
+    from interp.autointerp.run import gather
+
+    config = dataclasses.replace(SMALL, scorers=("simulation",))
+    llm = LLMConfig(url=server.url, model=server.model, concurrency=4, retries=1, backoff=0.1)
+    features = [f for f in range(index_copy.n_features) if index_copy.feature(f).count > 0][:3]
+    explain_index(index_copy, features, explanation_client(index_copy, llm), config, progress=False)
+    table = pd.read_parquet(index_copy.path / "explanations.parquet").set_index("feature")
+    data, _, _ = gather(index_copy, features, config)
+    for f in features:
+        shown = [s for s in data[f][1].activating + data[f][1].non_activating]
+        full = [s for s in shown if len(s.texts) == len(SIMULATED)]
+        expected = correlation(torch.tensor(SIMULATED * len(full), dtype=torch.float64),
+                               torch.tensor([a for s in full for a in s.acts], dtype=torch.float64))  # fmt: skip
+        row = table.loc[f]
+        assert row["simulation_n"] == len(SIMULATED) * len(full)
+        assert row["simulation_correlation"] == pytest.approx(expected, nan_ok=True)
+        assert row["simulation_correlation_shuffled"] == pytest.approx(expected, nan_ok=True)  # same replies
+        assert row["n_malformed"] == 2 * (len(shown) - len(full))  # own and shuffled explanation
+        assert math.isnan(row["detection_accuracy"])  # not asked for
+    assert any(not math.isnan(table.loc[f, "simulation_correlation"]) for f in features)
+
+
+@pytest.mark.slow
 def test_explain_command_against_the_server(server, index_copy):
     from typer.testing import CliRunner
 
@@ -331,6 +396,20 @@ def planted_explanations(index_path: Path) -> None:
     pd.DataFrame([row]).to_parquet(index_path / "explanations.parquet", index=False)
 
 
+def test_scores_line_shows_simulation_only_when_it_ran():
+    from interp.browser.views import scores_line
+
+    base = {"detection_accuracy": 0.8, "detection_accuracy_shuffled": 0.5, "n_malformed": 0}
+    ran = scores_line(base | {"simulation_correlation": 0.42, "simulation_correlation_shuffled": math.nan})
+    assert (
+        "simulation correlation 0.42 (shuffled –)" in ran and "detection accuracy 0.80 (shuffled 0.50)" in ran
+    )
+    skipped = scores_line(
+        base | {"simulation_correlation": math.nan, "simulation_correlation_shuffled": math.nan}
+    )
+    assert "simulation" not in skipped and "detection accuracy 0.80" in skipped
+
+
 def test_index_api_and_browser_show_explanations(monkeypatch, tmp_path_factory, tmp_path):
     from streamlit.testing.v1 import AppTest
     from test_browser import APP, texts
@@ -360,6 +439,7 @@ def test_index_api_and_browser_show_explanations(monkeypatch, tmp_path_factory, 
     page = texts(at)
     assert "planted: cats on mats" in page and "planted-llm" in page
     assert "detection accuracy 0.80 (shuffled 0.50)" in page and "fuzzing accuracy – (shuffled –)" in page
+    assert "simulation" not in page  # not run for this feature: not shown
     assert "3 malformed replies" in page
     at.button(key="next").click().run()
     assert "no explanation for this feature" in texts(at)

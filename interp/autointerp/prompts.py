@@ -95,6 +95,7 @@ def scorer_messages(system: str, ask: str, explanation: str, shown: list[str]) -
 TAG = re.compile(r"\[EXPLANATION\]\s*:?\s*(.*)", re.IGNORECASE)
 LIST = re.compile(r"\[([^\[\]]*)\]")
 WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+LEADING_WORD = re.compile(r"\W*(1|0|true|false|yes|no)\b", re.IGNORECASE)
 
 
 def parse_explanation(reply: str | None) -> tuple[str, str]:
@@ -111,9 +112,14 @@ def parse_explanation(reply: str | None) -> tuple[str, str]:
 
 
 def parse_labels(reply: str | None, n: int) -> list[int] | None:
-    """The first bracketed list of `n` labels (0/1, true/false, yes/no) in `reply`, or None (malformed)."""
+    """The first bracketed list of `n` labels (0/1, true/false, yes/no) in `reply`, or None (malformed). For
+    one example (`n` 1) a reply that starts with its label ("No, the text ...") counts too: small models
+    answer a one-example question so."""
     if not reply:
         return None
+    leading = LEADING_WORD.match(reply) if n == 1 else None
+    if leading and not reply.lstrip().startswith("["):
+        return [WORDS[leading.group(1).lower()]]
     for match in LIST.finditer(reply):
         items = [item.strip().strip("'\"").lower() for item in match.group(1).split(",")]
         if len(items) == 1 and " " in items[0]:

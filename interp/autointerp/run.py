@@ -16,6 +16,7 @@ import dataclasses
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from interp.autointerp.prompts import (
     scorer_messages,
 )
 from interp.autointerp.scoring import Trial, derangement, detection_trials, fuzzing_trials, score
+from interp.autointerp.simulation import simulation_messages, simulation_score, simulation_trials
 from interp.core.io import atomic_write_bytes, atomic_write_json
 from interp.features import Feature, FeatureIndex
 from interp.features.layout import EXPLANATIONS
@@ -73,18 +75,29 @@ class ExplainConfig:
             raise ValueError("n_explain, n_test, per_prompt and chunk must be at least 1")
 
 
-def _detection(examples: FeatureExamples, feature: Feature, config: ExplainConfig) -> list[Trial]:
-    return detection_trials(examples, config.per_prompt, config.seed)
+@dataclass(frozen=True)
+class Scorer:
+    """One scorer: its trials of a feature, its chat per trial, and how replies become metrics."""
+
+    trials: Callable[[FeatureExamples, Feature, ExplainConfig], list[Trial]]
+    messages: Callable[[str, Trial], list[dict[str, str]]]  # (explanation, trial) -> chat
+    score: Callable[[list[Trial], list[str | None]], tuple[dict[str, float], int]]
+    metrics: tuple[str, ...]  # columns `<scorer>_<metric>` of explanations.parquet
+    headline: tuple[str, ...]  # metrics also scored with a shuffled explanation (`..._shuffled`)
 
 
-def _fuzzing(examples: FeatureExamples, feature: Feature, config: ExplainConfig) -> list[Trial]:
-    return fuzzing_trials(examples, feature.threshold, config.per_prompt, config.seed)
+def _asking(system: str, ask: str) -> Callable[[str, Trial], list[dict[str, str]]]:
+    return lambda explanation, trial: scorer_messages(system, ask, explanation, trial.texts)
 
 
-SCORERS = {  # name -> (system prompt, question, trials of a feature)
-    "detection": (DETECTION_SYSTEM, DETECTION_ASK, _detection),
-    "fuzzing": (FUZZING_SYSTEM, FUZZING_ASK, _fuzzing),
-}
+SCORERS = {
+    "detection": Scorer(lambda fx, feature, c: detection_trials(fx, c.per_prompt, c.seed),
+                        _asking(DETECTION_SYSTEM, DETECTION_ASK), score, METRICS, ("accuracy", "f1")),
+    "fuzzing": Scorer(lambda fx, feature, c: fuzzing_trials(fx, feature.threshold, c.per_prompt, c.seed),
+                      _asking(FUZZING_SYSTEM, FUZZING_ASK), score, METRICS, ("accuracy", "f1")),
+    "simulation": Scorer(lambda fx, feature, c: simulation_trials(fx), simulation_messages, simulation_score,
+                         ("correlation", "n"), ("correlation",)),
+}  # fmt: skip
 
 
 def parse_features(spec: str | None, sample: int | None, n_features: int, seed: int = 0) -> list[int]:
@@ -172,9 +185,9 @@ def _row(f: int, fx: FeatureExamples, parsed: tuple[str, str], client: LLMClient
     explanation, status = parsed
     row: dict[str, Any] = {"feature": f, "explanation": explanation, "explanation_status": status,
                            "shuffled_from": -1, "n_malformed": int(status == "empty")}  # fmt: skip
-    for name in SCORERS:
-        row |= {f"{name}_{m}": math.nan for m in METRICS}
-        row |= {f"{name}_{m}_shuffled": math.nan for m in ("accuracy", "f1")}
+    for name, scorer in SCORERS.items():
+        row |= {f"{name}_{m}": math.nan for m in scorer.metrics}
+        row |= {f"{name}_{m}_shuffled": math.nan for m in scorer.headline}
     row |= {"explain_ids": [s.id for s in fx.explain], "activating_ids": [s.id for s in fx.activating],
             "non_activating_ids": [s.id for s in fx.non_activating], "examples_note": fx.note,
             "llm_model": client.config.model, "prompt_version": PROMPT_VERSION}  # fmt: skip
@@ -186,31 +199,34 @@ def _score_chunk(chunk: list[int], data: dict, rows: dict, donors: dict[int, int
     """Score the features of `chunk` with their own and (baseline) their donors' explanations, in one batch."""
     jobs = []  # (feature, scorer, shuffled?, trials, first conversation, number of conversations)
     conversations = []
+    longest = 0  # labels of the longest trial: the reply's length limit
     for f in chunk:
         feature, fx = data[f]
         if not fx.activating or not fx.non_activating:
             continue
         for name in config.scorers:
-            system, ask, make = SCORERS[name]
-            trials = make(fx, feature, config)
+            scorer = SCORERS[name]
+            trials = scorer.trials(fx, feature, config)
             tellings = [(False, rows[f]["explanation"])]
             if f in donors:
                 tellings.append((True, rows[donors[f]]["explanation"]))
             for shuffled, explanation in tellings:
                 jobs.append((f, name, shuffled, trials, len(conversations)))
-                conversations += [scorer_messages(system, ask, explanation, t.texts) for t in trials]
+                conversations += [scorer.messages(explanation, t) for t in trials]
+                longest = max([longest] + [len(t.labels) for t in trials])
     # a list of labels is short: cap the reply (small local models may ramble on)
-    limit = min(client.config.max_tokens, 16 + 4 * config.per_prompt)
+    limit = min(client.config.max_tokens, 16 + 4 * longest)
     replies = client.map(conversations, desc="score", progress=progress, max_tokens=limit)
     for f, name, shuffled, trials, first in jobs:
-        result, malformed = score(trials, replies[first : first + len(trials)])
+        scorer = SCORERS[name]
+        result, malformed = scorer.score(trials, replies[first : first + len(trials)])
         row = rows[f]
         row["n_malformed"] += malformed
         if shuffled:
             row["shuffled_from"] = donors[f]
-            row |= {f"{name}_{m}_shuffled": result[m] for m in ("accuracy", "f1")}
+            row |= {f"{name}_{m}_shuffled": result[m] for m in scorer.headline}
         else:
-            row |= {f"{name}_{m}": result[m] for m in METRICS}
+            row |= {f"{name}_{m}": result[m] for m in scorer.metrics}
 
 
 def _write(folder: Path, rows: dict[int, dict[str, Any]]) -> None:
@@ -236,7 +252,7 @@ def _summary(rows: dict, skipped: list[int], checked: str, client: LLMClient, co
     table = pd.DataFrame(list(rows.values()))
     means = {}
     for name in config.scorers:
-        for m in ("accuracy", "f1"):
+        for m in SCORERS[name].headline:
             for suffix in ("", "_shuffled"):
                 column = f"{name}_{m}{suffix}"
                 mean = float(table[column].mean()) if len(table) else math.nan

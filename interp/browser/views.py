@@ -39,17 +39,24 @@ def density_figure(log_density: list[float]) -> go.Figure:
     return fig
 
 
+SCORE_COLUMNS = (("detection", "accuracy"), ("detection", "f1"), ("fuzzing", "accuracy"), ("fuzzing", "f1"),
+                 ("simulation", "correlation"))  # fmt: skip
+OPTIONAL_SCORERS = ("simulation",)  # shown only when it was run
+
+
 def scores_line(row: dict) -> str:
     """`detection accuracy 0.82 (shuffled 0.51) · ...` from an explanations row; '–' for scores not computed."""
 
     def fmt(value: float) -> str:
         return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
+    def missing(value: float | None) -> bool:
+        return value is None or math.isnan(value)
+
     parts = []
-    for scorer in ("detection", "fuzzing"):
-        for metric in ("accuracy", "f1"):
-            own, base = row.get(f"{scorer}_{metric}"), row.get(f"{scorer}_{metric}_shuffled")
-            if own is not None:
-                parts.append(f"{scorer} {metric} {fmt(own)} (shuffled {fmt(base)})")
+    for scorer, metric in SCORE_COLUMNS:
+        own, base = row.get(f"{scorer}_{metric}"), row.get(f"{scorer}_{metric}_shuffled")
+        if own is not None and not (scorer in OPTIONAL_SCORERS and missing(own) and missing(base)):
+            parts.append(f"{scorer} {metric} {fmt(own)} (shuffled {fmt(base)})")
     parts.append(f"{int(row.get('n_malformed', 0))} malformed replies")
     return " · ".join(parts)

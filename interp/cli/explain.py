@@ -51,6 +51,9 @@ def explain_cmd(
         int | None,
         typer.Option(help="tokens each side of a test example's centre (default: the index's window)"),
     ] = None,
+    scorers: Annotated[
+        str, typer.Option(help="comma-separated: detection, fuzzing, simulation (per-token activations)")
+    ] = "detection,fuzzing",
     baseline: Annotated[bool, typer.Option(help="score a shuffled-explanation baseline too")] = True,
     concurrency: Annotated[int, typer.Option(help="requests in flight at once")] = 8,
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
@@ -72,7 +75,7 @@ def explain_cmd(
         llm = LLMConfig(url=llm_url, model=llm_model, key_env=llm_key_env, timeout=timeout, retries=retries,
                         concurrency=concurrency, max_tokens=max_tokens)  # fmt: skip
         config = ExplainConfig(n_explain=n_explain, n_test=n_test, per_prompt=per_prompt, shuffled_baseline=baseline,
-                               context=context, seed=seed)  # fmt: skip
+                               context=context, seed=seed, scorers=tuple(s.strip() for s in scorers.split(",")))  # fmt: skip
         explain_index(opened, chosen, explanation_client(opened, llm), config, progress=progress)
     except USER_ERRORS as e:
         fail(e)
