@@ -163,6 +163,33 @@ def test_interrupted_capture_resumes_without_loss_or_duplicates(tiny_llama, tmp_
         assert torch.equal(store.tokens()["context_ids"], reference[site].tokens()["context_ids"])
 
 
+def test_a_failed_background_shard_write_stops_the_capture_and_keeps_the_shards_before_it(
+    tiny_llama, tmp_path, monkeypatch
+):
+    """Shards are written on a background thread: a write error must reach the caller (not be lost in the
+    thread), the shards committed before it stay, and a rerun completes the stores exactly."""
+    contexts = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=400)
+    settings = dict(batch_size=3, shard_tokens=40, progress=False)
+    reference, _ = capture(tiny_llama, contexts, "0.mlp_hidden,1.resid_post", tmp_path / "ref", **settings)
+    real_append, calls = ActivationStore.append, {"n": 0}
+
+    def failing_append(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the first site of the third shard
+            raise OSError("disk full (planted)")
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActivationStore, "append", failing_append)
+    with pytest.raises(OSError, match="planted"):
+        capture(tiny_llama, contexts, "0.mlp_hidden,1.resid_post", tmp_path / "run", **settings)
+    for site in ("0.mlp_hidden", "1.resid_post"):
+        assert ActivationStore.open(tmp_path / "run" / site).n_shards == 2
+    monkeypatch.setattr(ActivationStore, "append", real_append)
+    resumed, _ = capture(tiny_llama, contexts, "0.mlp_hidden,1.resid_post", tmp_path / "run", **settings)
+    for site, store in resumed.items():
+        assert torch.equal(store.load_all(), reference[site].load_all())
+
+
 def test_sites_out_of_step_are_lined_up_on_resume(tiny_llama, tmp_path):
     """If one site committed a shard the other did not (killed between two writes), resume drops the extra one."""
     contexts = pack(docs(), tiny_llama.tokenizer, context_len=16, n_tokens=200)

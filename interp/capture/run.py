@@ -206,35 +206,80 @@ def _write_shards(model: LoadedModel, run: Callable, contexts: Contexts, site_li
     meta: list[torch.Tensor] = []  # per buffered batch: [n, 3] token id, context id, position
     buffered = 0
     shard_start = batches.start
-    for start in batches:
-        end = min(start + batches.step, stop)
-        length = int(contexts.lengths[start:end].max())
-        tokens = contexts.token_ids[start:end, :length].to(model.device)
-        acts = run(model, tokens, site_list)
-        mask = keep_mask(contexts, start, end, drop_bos)[:, :length]
-        for site in site_list:
-            kept = acts[site][mask.to(acts[site].device)]
-            if not all_finite(kept):
-                raise CaptureError(
-                    f"NaN or inf in activations at site {site.name}, batch of contexts {start}..{end - 1}; "
-                    "the stores keep everything before this batch. Load the model in float32, or check its weights."
-                )
-            buffers[site].append(kept.to("cpu", DTYPES[dtype]))
-        ctx = torch.arange(start, end)[:, None].expand(-1, length)
-        pos = torch.arange(length)[None, :].expand(end - start, -1)
-        meta.append(torch.stack([contexts.token_ids[start:end, :length][mask], ctx[mask], pos[mask]], dim=1))
-        n = int(mask.sum())
-        buffered += n
-        bar.update(n)
-        if buffered >= shard_tokens or end == stop:
-            ids = torch.cat(meta)
+    with ShardWriter() as writer:
+        for start in batches:
+            batch = _capture_batch(model, run, contexts, site_list, start, min(start + batches.step, stop),
+                                   drop_bos, dtype)  # fmt: skip
             for site in site_list:
-                store = stores[site.name]
-                store.append(torch.cat(buffers[site]), ids[:, 0], ids[:, 1], ids[:, 2], end, shard_start)
-                buffers[site] = []
-            meta, written, buffered, shard_start = [], written + buffered, 0, end
+                buffers[site].append(batch[site])
+            meta.append(batch["meta"])
+            n = batch["meta"].shape[0]
+            buffered += n
+            bar.update(n)
+            end = min(start + batches.step, stop)
+            if buffered >= shard_tokens or end == stop:
+                ids = torch.cat(meta)
+                rows = {site.name: torch.cat(buffers[site]) for site in site_list}
+                writer.submit(_commit, stores, rows, ids, end, shard_start)  # overlaps the next batches
+                buffers = {site: [] for site in site_list}
+                meta, written, buffered, shard_start = [], written + buffered, 0, end
     bar.close()
     return written
+
+
+class ShardWriter:
+    """Commits shards on one background thread, one shard in flight: the disk write of shard i overlaps the
+    forward passes of shard i + 1, memory holds at most two shards, and shards commit in order. An error in a
+    write is raised in the capture at the next submit or on exit; on exit (also on Ctrl-C) the shard in flight
+    is finished first, so what was captured before it is kept."""
+
+    def __enter__(self) -> ShardWriter:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.pending = ThreadPoolExecutor(1, thread_name_prefix="interp-shards"), None
+        return self
+
+    def submit(self, fn: Callable, *args) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.pool.submit(fn, *args)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.pending is not None:
+                self.pending.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _commit(stores: dict[str, ActivationStore], rows: dict[str, torch.Tensor], ids: torch.Tensor, end: int,
+            shard_start: int) -> None:  # fmt: skip
+    """Append one shard to every site's store: the same contexts [shard_start, end) for all of them."""
+    for name, acts in rows.items():
+        stores[name].append(acts, ids[:, 0], ids[:, 1], ids[:, 2], end, shard_start)
+
+
+def _capture_batch(model: LoadedModel, run: Callable, contexts: Contexts, site_list: list[Site], start: int,
+                   end: int, drop_bos: bool, dtype: str) -> dict:  # fmt: skip
+    """One batch of contexts [start, end): each site's kept rows on the CPU `[n, width]`, and "meta" `[n, 3]`
+    (token id, context id, position)."""
+    length = int(contexts.lengths[start:end].max())
+    tokens = contexts.token_ids[start:end, :length].to(model.device)
+    acts = run(model, tokens, site_list)
+    mask = keep_mask(contexts, start, end, drop_bos)[:, :length]
+    out: dict = {}
+    for site in site_list:
+        kept = acts[site][mask.to(acts[site].device)]
+        if not all_finite(kept):
+            raise CaptureError(
+                f"NaN or inf in activations at site {site.name}, batch of contexts {start}..{end - 1}; "
+                "the stores keep everything before this batch. Load the model in float32, or check its weights."
+            )
+        out[site] = kept.to("cpu", DTYPES[dtype])
+    ctx = torch.arange(start, end)[:, None].expand(-1, length)
+    pos = torch.arange(length)[None, :].expand(end - start, -1)
+    out["meta"] = torch.stack([contexts.token_ids[start:end, :length][mask], ctx[mask], pos[mask]], dim=1)
+    return out
 
 
 def _finish(
