@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-SITE_KINDS = ("resid_pre", "mlp_in", "mlp_hidden", "mlp_out", "resid_post")  # in the order a forward pass reaches them
+SITE_KINDS = (
+    "resid_pre",
+    "mlp_in",
+    "mlp_hidden",
+    "mlp_out",
+    "resid_post",
+)  # in the order a forward pass reaches them
 
 TL_HOOKS = {
     "mlp_in": "blocks.{layer}.ln2.hook_normalized",
