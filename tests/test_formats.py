@@ -34,6 +34,7 @@ CASES = {
     "saelens/batchtopk": ("saelens", "batchtopk"),
     "saelens/matryoshka": ("saelens", "matryoshka"),
     "saelens/matching_pursuit": ("saelens", "mpsae"),
+    "saelens/gated": ("saelens", "gated"),
     "sparsify/layers.6": ("sparsify", "topk"),
     "dictionary_learning/standard/trainer_0": ("dictionary_learning", "relu"),
     "dictionary_learning/topk/trainer_0": ("dictionary_learning", "topk"),
@@ -119,6 +120,9 @@ def test_hook_names_map_to_sites():
     assert site_of_hook("blocks.2.hook_mlp_out").name == "2.mlp_out"
     assert site_of_hook("model.layers.4").name == "4.resid_post"
     assert site_of_hook("layers.5.mlp").name == "5.mlp_out"
+    assert site_of_hook("blocks.7.ln2.hook_normalized").name == "7.mlp_in"  # the MLP's input, after its norm
+    assert site_of_hook("blocks.7.mlp.hook_in").name == "7.mlp_in"
+    assert site_of_hook("model.layers.7.mlp.input").name == "7.mlp_in"
     assert read_saelens(GOLDEN / "saelens" / "jumprelu").site == "3.mlp_hidden"
     with pytest.raises(SiteError, match="--site"):
         site_of_hook("blocks.3.attn.hook_z")
@@ -139,11 +143,20 @@ def edited_saelens(tmp_path: Path, name: str = "topk", **changes) -> Path:
     return folder
 
 
+def test_gated_sae_is_not_trained_but_refused_with_the_fix():
+    """interp reads gated SAEs; fitting one must fail clearly rather than train with the wrong loss."""
+    gated = load_decomposer(GOLDEN / "saelens" / "gated")
+    with pytest.raises(DecomposerError, match="does not train gated"):
+        gated.fit(X)
+
+
 def test_bad_saelens_files_are_refused_with_the_fix(tmp_path):
     with pytest.raises(
-        FormatError, match="architecture 'gated' is not supported; interp reads standard, topk"
+        FormatError, match="architecture 'temporal' is not supported; interp reads standard, topk"
     ):
-        read_saelens(edited_saelens(tmp_path / "a", architecture="gated"))
+        read_saelens(edited_saelens(tmp_path / "a", architecture="temporal"))
+    with pytest.raises(FormatError, match="lacks r_mag, b_mag"):  # gated needs its magnitude path
+        read_saelens(edited_saelens(tmp_path / "g", architecture="gated"))
     with pytest.raises(
         FormatError, match=r"sae-lens 7\.0\.1; interp reads the cfg.json of sae-lens 1\.x-6\.x"
     ):

@@ -67,6 +67,7 @@ def saelens(out: Path, x: torch.Tensor) -> None:
             "residual_threshold": 0.0,
             "stop_on_duplicate_support": False,
         },
+        "gated": {"architecture": "gated"},  # last: the seeds of the others stay as they were
     }
     for seed, (name, cfg) in enumerate(inference.items()):
         sae = SAE.from_dict({"d_in": D_IN, "d_sae": D_SAE, "metadata": meta, **cfg})

@@ -54,7 +54,7 @@ class Imported:
 def check_tensors(tensors: dict[str, torch.Tensor], names: tuple[str, ...], d_in: int, d_sae: int, what: str):
     """Refuse missing keys and wrong shapes, naming both; returns float32 copies of `names`."""
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
-              "threshold": (d_sae,)}  # fmt: skip
+              "threshold": (d_sae,), "r_mag": (d_sae,), "b_mag": (d_sae,)}  # fmt: skip
     missing = [n for n in names if n not in tensors]
     if missing:
         raise FormatError(

@@ -1,5 +1,5 @@
 """SAELens' files: written beside interp's own (`cfg.json` + `sae_weights.safetensors`), and read back
-(`read_saelens`: standard, topk, jumprelu, matching_pursuit; BatchTopK and Matryoshka as SAELens saves them).
+(`read_saelens`: standard, topk, jumprelu, matching_pursuit, gated; BatchTopK and Matryoshka as SAELens saves them).
 
 SAELens' architecture names: ReLU -> "standard", TopK -> "topk", JumpReLU -> "jumprelu"; a BatchTopK SAE is saved
 as "jumprelu" with its single inference threshold repeated per latent (how SAELens itself exports BatchTopK SAEs
@@ -34,6 +34,7 @@ SAELENS_ARCHITECTURE = {
     "batchtopk": "jumprelu",
     "matryoshka": "jumprelu",
     "mpsae": "matching_pursuit",
+    "gated": "gated",
 }
 
 
@@ -113,6 +114,13 @@ def _jumprelu(cfg: dict, t: dict) -> tuple[str, dict]:
     return "jumprelu", {}
 
 
+def _gated(cfg: dict, t: dict) -> tuple[str, dict]:
+    """Gated: b_gate was read as b_enc; without b_dec subtracted, the magnitude bias takes b_dec W_enc exp(r_mag)."""
+    if not cfg.get("apply_b_dec_to_input", True):
+        t["b_mag"] = t["b_mag"] + (t["b_dec"] @ t["W_enc"]) * t["r_mag"].exp()
+    return "gated", {}
+
+
 def _matching_pursuit(cfg: dict, t: dict) -> tuple[str, dict]:
     if cfg.get("stop_on_duplicate_support", True):
         raise FormatError(
@@ -130,6 +138,7 @@ READERS: dict[str, tuple[tuple[str, ...], Callable[[dict, dict], tuple[str, dict
     "topk": (("W_enc", "b_enc", "W_dec", "b_dec"), _topk),
     "jumprelu": (("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), _jumprelu),
     "matching_pursuit": (("W_dec", "b_dec"), _matching_pursuit),
+    "gated": (("W_enc", "b_enc", "r_mag", "b_mag", "W_dec", "b_dec"), _gated),
 }
 NORMALIZATIONS_READ = ("none", "expected_average_only_in")  # the latter is the identity at SAELens' inference
 
@@ -172,6 +181,8 @@ def read_saelens(folder: str | Path) -> Imported:
     _check_saelens_config(cfg, folder)
     names, reader = READERS[cfg.get("architecture", "standard")]
     raw = load_file(str(folder / SAELENS_WEIGHTS))
+    if "b_gate" in raw:  # gated: the gate bias is interp's b_enc
+        raw["b_enc"] = raw.pop("b_gate")
     try:
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     except KeyError as e:
