@@ -143,6 +143,27 @@ def edited_saelens(tmp_path: Path, name: str = "topk", **changes) -> Path:
     return folder
 
 
+TRANSCODER_CASES = {"transcoder": "relu", "skip_transcoder": "relu", "jumprelu_transcoder": "jumprelu",
+                    "jumprelu_skip_transcoder": "jumprelu"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRANSCODER_CASES))
+def test_saelens_transcoders_encode_and_predict_the_target_as_saelens(name):
+    """SAELens' transcoders (d_in 64 -> d_out 48): interp's codes and y_hat (with W_skip x) equal SAELens' own
+    (catches b_dec subtracted from the input, a dropped skip term, the decoder's width taken as d_in)."""
+    folder = GOLDEN / "saelens_transcoders" / name
+    tc = load_decomposer(folder)
+    want = expected(folder)
+    assert tc.method == name.removeprefix("jumprelu_") and tc.config.activation == TRANSCODER_CASES[name]
+    assert tc.d_in == 64 and tc.module.d_out == 48 and tc.config.target_site == "6.mlp_out"
+    codes = tc.encode(X)
+    assert torch.equal(codes > 0, want["codes"] > 0) and (codes > 0).any() and not (codes > 0).all()
+    assert torch.allclose(codes, want["codes"], atol=ATOL, rtol=0), float((codes - want["codes"]).abs().max())
+    y_hat = tc.reconstruct_target(X)
+    assert torch.allclose(y_hat, want["recon"], atol=ATOL, rtol=0), float((y_hat - want["recon"]).abs().max())
+    assert read_saelens(folder).site == "6.mlp_in"
+
+
 def test_gated_sae_is_not_trained_but_refused_with_the_fix():
     """interp reads gated SAEs; fitting one must fail clearly rather than train with the wrong loss."""
     gated = load_decomposer(GOLDEN / "saelens" / "gated")
