@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from interp.cli import app
 from interp.decompose import DecomposerError, load_decomposer
 from interp.decompose.formats import detect_format, import_dictionary, read_dictionary
-from interp.decompose.formats.imported import IMPORT_FILE, FormatError
+from interp.decompose.formats.imported import IMPORT_FILE, FormatError, to_decomposer
 from interp.decompose.formats.saelens import read_saelens
 from interp.models.sites import SiteError, site_of_hook
 
@@ -162,6 +162,19 @@ def test_saelens_transcoders_encode_and_predict_the_target_as_saelens(name):
     y_hat = tc.reconstruct_target(X)
     assert torch.allclose(y_hat, want["recon"], atol=ATOL, rtol=0), float((y_hat - want["recon"]).abs().max())
     assert read_saelens(folder).site == "6.mlp_in"
+
+
+@pytest.mark.parametrize("name", list(TRANSCODER_CASES))
+def test_transcoder_export_reads_back_as_saelens(tmp_path, name):
+    """interp's SAELens export of a transcoder (cfg.json + weights, W_skip and threshold included) reads back to
+    the same codes and y_hat (catches a lost W_skip or threshold, or apply_b_dec_to_input left true)."""
+    tc = load_decomposer(GOLDEN / "saelens_transcoders" / name)
+    tc.save(tmp_path / "out", "gpt2", "blocks.6.ln2.hook_normalized")
+    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg["architecture"] == name and cfg["apply_b_dec_to_input"] is False and cfg["d_out"] == 48
+    back = to_decomposer(read_saelens(tmp_path / "out"))
+    assert torch.allclose(back.reconstruct_target(X), tc.reconstruct_target(X), atol=1e-6)
+    assert torch.equal(back.encode(X) > 0, tc.encode(X) > 0)
 
 
 def test_gated_sae_is_not_trained_but_refused_with_the_fix():

@@ -14,6 +14,7 @@ Matryoshka activations are not offered for transcoders.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from interp.decompose.base import DecomposerError
 from interp.decompose.sae.model import SAE, SAEConfig, SAEModule
 
 ACTIVATIONS = ("topk", "relu", "jumprelu")
+SAELENS_NAMES = {"relu": "", "jumprelu": "jumprelu_"}  # activation -> prefix of SAELens' architecture name
 VARIANTS = {"transcoder": False, "skip_transcoder": True}  # method -> has W_skip
 
 
@@ -185,5 +187,22 @@ class Transcoder(SAE):
     def save(self, folder, model_name: str = "", hook_name: str = "") -> None:
         from interp.decompose.base import save_decomposer
 
-        save_decomposer(folder, self.method, self.config, self.tensors(),
+        tensors = self.tensors()
+        save_decomposer(folder, self.method, self.config, tensors,
                         {"d_in": self.d_in, "history": self.history[-50:]})  # fmt: skip
+        if self.config.activation in SAELENS_NAMES:  # SAELens has no TopK transcoder
+            self._write_saelens(Path(folder), tensors, model_name, hook_name)
+
+    def _write_saelens(self, folder: Path, tensors: dict, model_name: str, hook_name: str) -> None:
+        """SAELens' cfg.json + sae_weights.safetensors of this transcoder (its (jumprelu_)(skip_)transcoder)."""
+        from interp.core.io import atomic_save_safetensors, atomic_write_json
+        from interp.models.sites import parse_site
+
+        name = SAELENS_NAMES[self.config.activation] + self.method
+        hook_out = parse_site(self.config.target_site).tl_hook if self.config.target_site else ""
+        cfg = {"architecture": name, "d_in": self.d_in, "d_sae": self.n_features, "d_out": self.module.d_out,
+               "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": False,
+               "normalize_activations": "none", "reshape_activations": "none",
+               "metadata": {"model_name": model_name, "hook_name": hook_name, "hook_name_out": hook_out}}  # fmt: skip
+        atomic_save_safetensors(tensors, folder / "sae_weights.safetensors")
+        atomic_write_json(folder / "cfg.json", cfg)
