@@ -115,3 +115,26 @@ def test_wrong_pairing_is_refused(paired, tiny_llama, tmp_path):
         Transcoder(TranscoderConfig(n_features=16, k=4, n_steps=1, batch_size=64)).fit(
             x_store, progress=False
         )
+
+
+def test_cli_fits_and_evaluates_a_skip_transcoder(paired, tmp_path):
+    """`interp fit --method skip_transcoder --store IN --target OUT` then `interp evaluate`: the table's FVU is of
+    the target (a value well below 1 only when y is predicted from x; catches FVU measured on x or y_hat without
+    the skip term) and the replacement-model columns are numbers; a fit without --target fails naming it."""
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    runner = CliRunner()
+    x_store, y_store, _ = paired
+    args = ["fit", "--method", "skip_transcoder", "--store", str(x_store.path), "--k", "64", "--n-steps", "200",
+            "--batch-size", "128", "--lr", "3e-3", "--device", "cpu", "--set", "activation=relu"]  # fmt: skip
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "bad")])
+    assert refused.exit_code != 0 and "--target" in refused.output
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "tc"), "--target", str(y_store.path)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "tc"), "--n-contexts", "4", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    header, row = result.output.strip().splitlines()[:2]
+    fvu = float(row.split()[header.split().index("fvu")])
+    assert fvu < 0.7 and "nan" not in result.output, result.output
