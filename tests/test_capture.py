@@ -8,7 +8,7 @@ import torch
 from interp.capture import CaptureError, capture
 from interp.corpus import Document, pack
 from interp.models.hooks import BACKENDS, backend_runner
-from interp.models.sites import SITE_KINDS, SiteError, parse_sites
+from interp.models.sites import FAMILIES, SITE_KINDS, SiteError, get_module, parse_sites
 from interp.store import ActivationStore
 
 ALL_SITES = [f"{layer}.{kind}" for layer in range(2) for kind in SITE_KINDS]
@@ -41,6 +41,21 @@ def test_sites_match_model_internals(tiny_llama):
     down = tiny_llama.hf.model.layers[1].mlp.down_proj
     assert torch.allclose(down(by_name["1.mlp_hidden"]), by_name["1.mlp_out"], atol=1e-5)
     assert torch.equal(by_name["0.resid_post"], by_name["1.resid_pre"])
+
+
+def test_mlp_in_is_the_mlp_input_after_its_norm(tiny):
+    """mlp_in fed through the block's MLP (and Gemma's post-MLP norm) gives mlp_out; it is the pre-MLP norm's
+    output, not the raw residual (catches a site read before the norm or at the wrong module)."""
+    sites = parse_sites("1.mlp_in,1.mlp_out,1.resid_pre", 2)
+    for name in BACKENDS:
+        by_name = {s.name: a for s, a in backend_runner(name)(tiny, random_tokens(2, 12), sites).items()}
+        spec = FAMILIES[tiny.info.family]
+        block = get_module(tiny.hf, f"{spec.blocks}.1")
+        out = get_module(block, spec.mlp)(by_name["1.mlp_in"])
+        if spec.post_mlp_norm:
+            out = get_module(block, spec.post_mlp_norm)(out)
+        assert torch.allclose(out, by_name["1.mlp_out"], atol=1e-4), name
+        assert not torch.allclose(by_name["1.mlp_in"], by_name["1.resid_pre"], atol=1e-3), name
 
 
 def docs(n: int = 30) -> list[Document]:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from interp.cli import app
 from interp.decompose import DecomposerError, load_decomposer
 from interp.decompose.formats import detect_format, import_dictionary, read_dictionary
-from interp.decompose.formats.imported import IMPORT_FILE, FormatError
+from interp.decompose.formats.imported import IMPORT_FILE, FormatError, to_decomposer
 from interp.decompose.formats.saelens import read_saelens
 from interp.models.sites import SiteError, site_of_hook
 
@@ -34,6 +34,7 @@ CASES = {
     "saelens/batchtopk": ("saelens", "batchtopk"),
     "saelens/matryoshka": ("saelens", "matryoshka"),
     "saelens/matching_pursuit": ("saelens", "mpsae"),
+    "saelens/gated": ("saelens", "gated"),
     "sparsify/layers.6": ("sparsify", "topk"),
     "dictionary_learning/standard/trainer_0": ("dictionary_learning", "relu"),
     "dictionary_learning/topk/trainer_0": ("dictionary_learning", "topk"),
@@ -119,6 +120,9 @@ def test_hook_names_map_to_sites():
     assert site_of_hook("blocks.2.hook_mlp_out").name == "2.mlp_out"
     assert site_of_hook("model.layers.4").name == "4.resid_post"
     assert site_of_hook("layers.5.mlp").name == "5.mlp_out"
+    assert site_of_hook("blocks.7.ln2.hook_normalized").name == "7.mlp_in"  # the MLP's input, after its norm
+    assert site_of_hook("blocks.7.mlp.hook_in").name == "7.mlp_in"
+    assert site_of_hook("model.layers.7.mlp.input").name == "7.mlp_in"
     assert read_saelens(GOLDEN / "saelens" / "jumprelu").site == "3.mlp_hidden"
     with pytest.raises(SiteError, match="--site"):
         site_of_hook("blocks.3.attn.hook_z")
@@ -139,11 +143,54 @@ def edited_saelens(tmp_path: Path, name: str = "topk", **changes) -> Path:
     return folder
 
 
+TRANSCODER_CASES = {"transcoder": "relu", "skip_transcoder": "relu", "jumprelu_transcoder": "jumprelu",
+                    "jumprelu_skip_transcoder": "jumprelu"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRANSCODER_CASES))
+def test_saelens_transcoders_encode_and_predict_the_target_as_saelens(name):
+    """SAELens' transcoders (d_in 64 -> d_out 48): interp's codes and y_hat (with W_skip x) equal SAELens' own
+    (catches b_dec subtracted from the input, a dropped skip term, the decoder's width taken as d_in)."""
+    folder = GOLDEN / "saelens_transcoders" / name
+    tc = load_decomposer(folder)
+    want = expected(folder)
+    assert tc.method == name.removeprefix("jumprelu_") and tc.config.activation == TRANSCODER_CASES[name]
+    assert tc.d_in == 64 and tc.module.d_out == 48 and tc.config.target_site == "6.mlp_out"
+    codes = tc.encode(X)
+    assert torch.equal(codes > 0, want["codes"] > 0) and (codes > 0).any() and not (codes > 0).all()
+    assert torch.allclose(codes, want["codes"], atol=ATOL, rtol=0), float((codes - want["codes"]).abs().max())
+    y_hat = tc.reconstruct_target(X)
+    assert torch.allclose(y_hat, want["recon"], atol=ATOL, rtol=0), float((y_hat - want["recon"]).abs().max())
+    assert read_saelens(folder).site == "6.mlp_in"
+
+
+@pytest.mark.parametrize("name", list(TRANSCODER_CASES))
+def test_transcoder_export_reads_back_as_saelens(tmp_path, name):
+    """interp's SAELens export of a transcoder (cfg.json + weights, W_skip and threshold included) reads back to
+    the same codes and y_hat (catches a lost W_skip or threshold, or apply_b_dec_to_input left true)."""
+    tc = load_decomposer(GOLDEN / "saelens_transcoders" / name)
+    tc.save(tmp_path / "out", "gpt2", "blocks.6.ln2.hook_normalized")
+    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg["architecture"] == name and cfg["apply_b_dec_to_input"] is False and cfg["d_out"] == 48
+    back = to_decomposer(read_saelens(tmp_path / "out"))
+    assert torch.allclose(back.reconstruct_target(X), tc.reconstruct_target(X), atol=1e-6)
+    assert torch.equal(back.encode(X) > 0, tc.encode(X) > 0)
+
+
+def test_gated_sae_is_not_trained_but_refused_with_the_fix():
+    """interp reads gated SAEs; fitting one must fail clearly rather than train with the wrong loss."""
+    gated = load_decomposer(GOLDEN / "saelens" / "gated")
+    with pytest.raises(DecomposerError, match="does not train gated"):
+        gated.fit(X)
+
+
 def test_bad_saelens_files_are_refused_with_the_fix(tmp_path):
     with pytest.raises(
-        FormatError, match="architecture 'gated' is not supported; interp reads standard, topk"
+        FormatError, match="architecture 'temporal' is not supported; interp reads standard, topk"
     ):
-        read_saelens(edited_saelens(tmp_path / "a", architecture="gated"))
+        read_saelens(edited_saelens(tmp_path / "a", architecture="temporal"))
+    with pytest.raises(FormatError, match="lacks r_mag, b_mag"):  # gated needs its magnitude path
+        read_saelens(edited_saelens(tmp_path / "g", architecture="gated"))
     with pytest.raises(
         FormatError, match=r"sae-lens 7\.0\.1; interp reads the cfg.json of sae-lens 1\.x-6\.x"
     ):

@@ -240,8 +240,8 @@ def test_bad_input(data, topk):
         SAEConfig(n_features=16, k=40)
     with pytest.raises(DecomposerError, match="k=40 must be between 1 and n_features=16"):
         MPSAEConfig(n_features=16, k=40)
-    with pytest.raises(DecomposerError, match="unknown SAE architecture 'gated'"):
-        SAEConfig(architecture="gated")
+    with pytest.raises(DecomposerError, match="unknown SAE architecture 'temporal'"):
+        SAEConfig(architecture="temporal")
     with pytest.raises(DecomposerError, match="batch_size=4096 is larger than the 600 tokens"):
         SAE(SAEConfig(n_features=16, k=2)).fit(data[0][:600], progress=False)
 

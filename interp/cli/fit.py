@@ -43,7 +43,11 @@ def run_fit(store_path: Path, method: str, out: Path | None, options: dict[str, 
 
 def fit_cmd(
     method: Annotated[
-        str, typer.Option(help="snmf | relu | topk | batchtopk | jumprelu | matryoshka | mpsae")
+        str,
+        typer.Option(
+            help="snmf | relu | topk | batchtopk | jumprelu | matryoshka | mpsae | transcoder | "
+            "skip_transcoder"
+        ),
     ],
     store: Annotated[
         Path, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")
@@ -81,6 +85,9 @@ def fit_cmd(
             "tokens split, sums all-reduced)"
         ),
     ] = False,
+    target: Annotated[
+        Path | None, typer.Option(help="transcoder: the target store of the same capture, e.g. .../9.mlp_out")
+    ] = None,
 ) -> None:
     """Fit a decomposer on a store; interrupt and rerun to resume from the last checkpoint."""
     from interp.core import distributed as dist
@@ -93,6 +100,8 @@ def fit_cmd(
     try:
         options["device"] = dist.start(distributed, device)
         options.update(parse_overrides(set_ or []))
+        if target is not None:
+            options["target"] = str(target.resolve())
         run_fit(store, method, out, options, overwrite=overwrite, keep_checkpoint=keep_checkpoint)
     except USER_ERRORS as e:
         fail(e)

@@ -39,6 +39,9 @@ METHODS: dict[str, str] = {
     "jumprelu": "interp.decompose.sae.model:SAE",
     "matryoshka": "interp.decompose.sae.model:SAE",
     "mpsae": "interp.decompose.mp_sae:MPSAE",
+    "gated": "interp.decompose.sae.gated:GatedSAE",
+    "transcoder": "interp.decompose.sae.transcoder:Transcoder",
+    "skip_transcoder": "interp.decompose.sae.transcoder:Transcoder",
 }
 
 # folder -> decomposer | None for other libraries' folders (SAELens, sparsify, ...); imported lazily, as METHODS.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from interp.decompose.base import (
 from interp.decompose.formats.saelens import record_saelens_source
 from interp.models.sites import parse_site
 from interp.store import ActivationStore
+from interp.store.paired import PairedStore
 
 CHECKPOINT = "checkpoint"
 DERIVED = (CHECKPOINT, "index", ".index.partial")  # what --overwrite removes besides the files a fit rewrites
@@ -70,6 +72,12 @@ def fit_store(store_path: Path, method: str, config: Any, out: Path, progress: b
     """Fit `method` with `config` on the store at `store_path`; save it into `out`; return it. The checkpoint
     folder is removed once the fit is saved (optimizer state, SNMF's copies of G) unless `keep_checkpoint`."""
     store = ActivationStore.open(store_path)
+    if getattr(config, "target", ""):  # a transcoder: rows [x | y] of the input and target stores
+        target = ActivationStore.open(config.target)
+        store, config = (
+            PairedStore(store, target),
+            replace(config, d_target=target.d, target_site=target.site),
+        )
     fingerprint = fit_fingerprint(method, config, store)
     if _finished_fit(out, config, fingerprint, overwrite):
         log(f"{out} already holds this fit (same settings, same store); pass --overwrite to fit it again")

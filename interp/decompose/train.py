@@ -140,6 +140,7 @@ def _init_from_data(module, batches: GlobalBatches, d_in: int, normalize: bool, 
     n, mean = sums[-1], sums[1:-1] / sums[-1]
     if normalize:
         module.scale.fill_(math.sqrt(d_in) / float((sums[0] / n).clamp_min(1e-12)))
+    mean = mean[-module.b_dec.shape[0] :]  # a transcoder's rows are [x | y]: b_dec starts at y's mean
     module.b_dec.copy_((mean * float(module.scale)).to(module.b_dec.dtype))
 
 
@@ -283,7 +284,8 @@ def _train_step(module, loss_of, optimizer, x: torch.Tensor, since_fired: torch.
         loss, stats = loss_of(x, dead, l1_coeff)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # under DDP: gradients averaged over ranks = the global batch's gradient
-    record, fired = _global_metrics(x, loss, {**stats, "bad": int(bad.sum())}, cfg.batch_size)
+    target = stats.pop("target", x)  # a transcoder's FVU is of its target rows
+    record, fired = _global_metrics(target, loss, {**stats, "bad": int(bad.sum())}, cfg.batch_size)
     if record.pop("bad"):
         raise non_finite(bad.nonzero()[:, 0].cpu())
     if not math.isfinite(record["loss"]):  # the global loss: every rank stops together

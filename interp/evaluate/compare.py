@@ -13,6 +13,13 @@ from interp.evaluate.recon import evaluate
 from interp.evaluate.splice import spliced_metrics
 from interp.models import load_model
 from interp.store import ActivationStore
+from interp.store.paired import PairedStore
+
+
+def _paired(decomposer, store: ActivationStore) -> ActivationStore:
+    """A transcoder's rows `[x | y]` of its input store and the target store it was fitted with."""
+    target = getattr(decomposer.config, "target", "")
+    return PairedStore(store, ActivationStore.open(target)) if target else store
 
 
 def compare_decomposers(folders: list[Path], store_path: Path | None, max_tokens: int, n_contexts: int,
@@ -28,7 +35,7 @@ def compare_decomposers(folders: list[Path], store_path: Path | None, max_tokens
         decomposer = load_decomposer(folder)
         row = {"decomposer": folder.name, "method": json.loads((folder / CONFIG_FILE).read_text())["method"],
                "site": store.site, "n_features": decomposer.n_features,
-               **evaluate(decomposer, store, max_tokens=max_tokens)}  # fmt: skip
+               **evaluate(decomposer, _paired(decomposer, store), max_tokens=max_tokens)}  # fmt: skip
         if n_contexts > 0 and store.contexts_path.exists():
             model = model or load_model(store.manifest.model, device=device)
             contexts = Contexts.load(store.contexts_path)

@@ -22,12 +22,23 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float((x - x_hat).square().sum() / (x - x.mean(0)).square().sum().clamp_min(1e-12))
 
 
+def _predict(decomposer, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(what is reconstructed, its reconstruction, codes): x, decode(encode(x)) for a decomposer; for a transcoder
+    on paired rows `[x | y]` (interp.store.paired), y and its prediction y_hat(x)."""
+    if not hasattr(decomposer, "reconstruct_target"):
+        codes = decomposer.encode(rows)
+        return rows, decomposer.decode(codes).to(rows.device), codes
+    x, y = rows[:, : decomposer.d_in], rows[:, decomposer.d_in :]
+    return y, decomposer.reconstruct_target(x).to(rows.device), decomposer.encode(x)
+
+
 @torch.no_grad()
 def evaluate(
     decomposer, data: ActivationStore | torch.Tensor, batch_size: int = 4096, max_tokens: int | None = None,
     dense_threshold: float = 0.1,
 ) -> dict[str, float]:  # fmt: skip
-    """Streaming reconstruction / sparsity metrics of `decomposer` on `data` (a store, or `[n, d_in]`)."""
+    """Streaming reconstruction / sparsity metrics of `decomposer` on `data` (a store, or `[n, d_in]`; for a
+    transcoder a PairedStore or `[n, d_in + d_out]`, and the metrics are of the target)."""
     if isinstance(data, ActivationStore):
         chunks = data.batches(batch_size, shuffle=False)
     else:
@@ -42,8 +53,7 @@ def evaluate(
         if max_tokens is not None and n >= max_tokens:
             break
         x = x.float()
-        codes = decomposer.encode(x)
-        x_hat = decomposer.decode(codes).to(x.device)
+        x, x_hat, codes = _predict(decomposer, x)
         active = codes > 0
         firing += active.sum(0).float().cpu()
         nonzero += float(active.sum())

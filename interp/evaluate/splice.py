@@ -4,6 +4,8 @@ CE(clean), CE(spliced) with decode(encode(x)) in place of x, CE(zero-ablated) wi
 between clean and spliced next-token distributions, and CE loss recovered = (CE_zero - CE_spliced) /
 (CE_zero - CE_clean) (SAEBench's CE score). `kl_zero` is KL(clean || zero-ablated) and `kl_score` SAEBench's
 (KL_zero - KL_spliced) / KL_zero. The BOS position is neither edited nor counted; padding is not counted.
+A transcoder (its config names a `target_site`) is spliced as its replacement model: the target site (the MLP's
+output) gets transcoder(input site), and the zero ablation is of the target site (interp.evaluate.transcode).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from interp.corpus import Contexts
 from interp.evaluate.losses import ce_loss_recovered, kl_rows
+from interp.evaluate.transcode import transcoded_logits
 from interp.models import LoadedModel
 from interp.models.edits import Reconstruct, ZeroAblate
 from interp.models.hooks import steered_logits
@@ -38,6 +41,8 @@ def spliced_metrics(
 ) -> dict[str, float]:
     """CE clean / spliced / zero-ablated, KL(clean || spliced) and CE loss recovered on the first contexts."""
     site_ = parse_site(site, model.info.n_layers)
+    target = getattr(decomposer.config, "target_site", "")  # a transcoder replaces its target site
+    replaced = parse_site(target, model.info.n_layers) if target else site_
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
     count = 0
     for start in range(0, min(n_contexts, contexts.n_contexts), batch_size):
@@ -46,9 +51,12 @@ def spliced_metrics(
         mask = (torch.arange(tokens.shape[1])[None, :] < contexts.lengths[start:end, None]).to(model.device)
         mask[:, 0] = False  # BOS: neither predicted nor counted
         clean_ce, clean_lp = _next_token_stats(steered_logits(model, tokens, site_, None), tokens, mask)
-        spliced = steered_logits(model, tokens, site_, Reconstruct(decomposer, "generated"), prompt_len=1)
+        if target:
+            spliced = transcoded_logits(model, tokens, decomposer, site_, replaced)
+        else:
+            spliced = steered_logits(model, tokens, site_, Reconstruct(decomposer, "generated"), prompt_len=1)
         spliced_ce, spliced_lp = _next_token_stats(spliced, tokens, mask)
-        zero = steered_logits(model, tokens, site_, ZeroAblate("generated"), prompt_len=1)
+        zero = steered_logits(model, tokens, replaced, ZeroAblate("generated"), prompt_len=1)
         zero_ce, zero_lp = _next_token_stats(zero, tokens, mask)
         sums["ce_clean"] += float(clean_ce.sum())
         sums["ce_spliced"] += float(spliced_ce.sum())

@@ -2,6 +2,7 @@
 
 | site           | what it is                                              | width   |
 |----------------|---------------------------------------------------------|---------|
+| `L.mlp_in`     | the MLP's input: the residual stream after the pre-MLP norm (what a transcoder reads) | d_model |
 | `L.mlp_hidden` | MLP activation after the nonlinearity (and gate): the input of the out/down projection | d_mlp |
 | `L.mlp_out`    | what the MLP adds to the residual stream (Gemma: after its post-feedforward norm) | d_model |
 | `L.resid_pre`  | residual stream entering block L                        | d_model |
@@ -19,9 +20,16 @@ from typing import Any
 
 import torch
 
-SITE_KINDS = ("resid_pre", "mlp_hidden", "mlp_out", "resid_post")  # in the order a forward pass reaches them
+SITE_KINDS = (
+    "resid_pre",
+    "mlp_in",
+    "mlp_hidden",
+    "mlp_out",
+    "resid_post",
+)  # in the order a forward pass reaches them
 
 TL_HOOKS = {
+    "mlp_in": "blocks.{layer}.ln2.hook_normalized",
     "mlp_hidden": "blocks.{layer}.mlp.hook_post",
     "mlp_out": "blocks.{layer}.hook_mlp_out",
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -40,6 +48,9 @@ HOOK_NAMES: dict[str, str] = {
     r"blocks\.(\d+)\.hook_resid_post": "resid_post",
     r"blocks\.(\d+)\.hook_mlp_out": "mlp_out",
     r"blocks\.(\d+)\.mlp\.hook_post": "mlp_hidden",
+    r"blocks\.(\d+)\.ln2\.hook_normalized": "mlp_in",
+    r"blocks\.(\d+)\.mlp\.hook_in": "mlp_in",
+    r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)\.mlp\.input": "mlp_in",
     r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)": "resid_post",
     r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)\.mlp": "mlp_out",
 }
@@ -54,7 +65,8 @@ def site_of_hook(hook_name: str, n_layers: int | None = None) -> Site:
             return parse_site(f"{match.group(1)}.{kind}", n_layers)
     raise SiteError(
         f"hook {hook_name!r} maps to no interp site; understood: blocks.L.hook_resid_pre / hook_resid_post / "
-        "hook_mlp_out, blocks.L.mlp.hook_post, layers.L, layers.L.mlp; pass the site yourself (--site 6.resid_post)"
+        "hook_mlp_out, blocks.L.mlp.hook_post, blocks.L.ln2.hook_normalized, layers.L, layers.L.mlp, "
+        "layers.L.mlp.input (the MLP's input); pass the site yourself (--site 6.resid_post)"
     )
 
 
@@ -75,6 +87,7 @@ class FamilySpec:
     post_mlp_norm: str = (
         ""  # in a block: the norm applied to the MLP's output before the residual add (Gemma)
     )
+    mlp: str = "mlp"  # in a block: the MLP module, whose input is mlp_in (after the pre-MLP norm)
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -174,6 +187,7 @@ def module_path(family: str, site: Site) -> tuple[str, str]:
     block = f"{spec.blocks}.{site.layer}"
     where = {
         "resid_pre": (block, "input"),
+        "mlp_in": (f"{block}.{spec.mlp}", "input"),
         "mlp_hidden": (f"{block}.{spec.mlp_hidden_input_of}", "input"),
         "mlp_out": (f"{block}.{spec.mlp_out_output_of}", "output"),
         "resid_post": (block, "output"),

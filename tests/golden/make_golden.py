@@ -67,6 +67,7 @@ def saelens(out: Path, x: torch.Tensor) -> None:
             "residual_threshold": 0.0,
             "stop_on_duplicate_support": False,
         },
+        "gated": {"architecture": "gated"},  # last: the seeds of the others stay as they were
     }
     for seed, (name, cfg) in enumerate(inference.items()):
         sae = SAE.from_dict({"d_in": D_IN, "d_sae": D_SAE, "metadata": meta, **cfg})
@@ -90,7 +91,34 @@ def saelens(out: Path, x: torch.Tensor) -> None:
         codes = loaded.encode(x)
         write_expected(out / name, codes, loaded.decode(codes))
     matryoshka_training(out.parent / "saelens_training" / "matryoshka", x)
+    saelens_transcoders(out.parent / "saelens_transcoders", x)
     print("sae-lens", sae_lens.__version__)
+
+
+def saelens_transcoders(out: Path, x: torch.Tensor) -> None:
+    """SAELens' transcoders (ReLU / JumpReLU, with and without W_skip), d_in 64 -> d_out 48; `recon` is SAELens'
+    forward (decoded codes plus W_skip x): the transcoder's prediction of the target."""
+    from sae_lens.saes import transcoder as tc
+
+    meta = {
+        "model_name": "gpt2",
+        "hook_name": "blocks.6.ln2.hook_normalized",
+        "hook_name_out": "blocks.6.hook_mlp_out",
+    }
+    kinds = {
+        "transcoder": (tc.Transcoder, tc.TranscoderConfig),
+        "skip_transcoder": (tc.SkipTranscoder, tc.SkipTranscoderConfig),
+        "jumprelu_transcoder": (tc.JumpReLUTranscoder, tc.JumpReLUTranscoderConfig),
+        "jumprelu_skip_transcoder": (tc.JumpReLUSkipTranscoder, tc.JumpReLUSkipTranscoderConfig),
+    }
+    for seed, (name, (cls, config_cls)) in enumerate(kinds.items(), start=40):
+        cfg = config_cls.from_dict({"d_in": D_IN, "d_sae": D_SAE, "d_out": 48, "apply_b_dec_to_input": False,
+                                    "metadata": meta})  # fmt: skip
+        sae = cls(cfg)
+        randomize(sae, seed)
+        sae.save_model(out / name)
+        with torch.no_grad():
+            write_expected(out / name, sae.encode(x), sae(x))
 
 
 def matryoshka_training(folder: Path, x: torch.Tensor) -> None:

@@ -44,17 +44,23 @@ class Imported:
 
     @property
     def d_in(self) -> int:
-        return int(self.tensors["W_dec"].shape[1])
+        """The width read (a transcoder's decoder writes another width)."""
+        t = self.tensors
+        return int(t["W_enc"].shape[0] if "W_enc" in t else t["W_dec"].shape[1])
 
     @property
     def n_features(self) -> int:
         return int(self.tensors["W_dec"].shape[0])
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], names: tuple[str, ...], d_in: int, d_sae: int, what: str):
-    """Refuse missing keys and wrong shapes, naming both; returns float32 copies of `names`."""
-    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
-              "threshold": (d_sae,)}  # fmt: skip
+def check_tensors(tensors: dict[str, torch.Tensor], names: tuple[str, ...], d_in: int, d_sae: int, what: str,
+                  d_out: int | None = None):  # fmt: skip
+    """Refuse missing keys and wrong shapes, naming both; returns float32 copies of `names`. `d_out`: the decoder's
+    width when it differs from d_in (transcoders)."""
+    d_out = d_in if d_out is None else d_out
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_enc": (d_sae,), "b_dec": (d_out,),
+              "W_skip": (d_out, d_in),
+              "threshold": (d_sae,), "r_mag": (d_sae,), "b_mag": (d_sae,)}  # fmt: skip
     missing = [n for n in names if n not in tensors]
     if missing:
         raise FormatError(

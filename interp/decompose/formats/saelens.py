@@ -1,5 +1,5 @@
 """SAELens' files: written beside interp's own (`cfg.json` + `sae_weights.safetensors`), and read back
-(`read_saelens`: standard, topk, jumprelu, matching_pursuit; BatchTopK and Matryoshka as SAELens saves them).
+(`read_saelens`: standard, topk, jumprelu, matching_pursuit, gated, the four transcoders; BatchTopK and Matryoshka as SAELens saves them).
 
 SAELens' architecture names: ReLU -> "standard", TopK -> "topk", JumpReLU -> "jumprelu"; a BatchTopK SAE is saved
 as "jumprelu" with its single inference threshold repeated per latent (how SAELens itself exports BatchTopK SAEs
@@ -34,6 +34,7 @@ SAELENS_ARCHITECTURE = {
     "batchtopk": "jumprelu",
     "matryoshka": "jumprelu",
     "mpsae": "matching_pursuit",
+    "gated": "gated",
 }
 
 
@@ -113,6 +114,24 @@ def _jumprelu(cfg: dict, t: dict) -> tuple[str, dict]:
     return "jumprelu", {}
 
 
+def _gated(cfg: dict, t: dict) -> tuple[str, dict]:
+    """Gated: b_gate was read as b_enc; without b_dec subtracted, the magnitude bias takes b_dec W_enc exp(r_mag)."""
+    if not cfg.get("apply_b_dec_to_input", True):
+        t["b_mag"] = t["b_mag"] + (t["b_dec"] @ t["W_enc"]) * t["r_mag"].exp()
+    return "gated", {}
+
+
+def _transcoder(cfg: dict, t: dict) -> tuple[str, dict]:
+    """SAELens' (skip / JumpReLU) transcoders: ReLU or JumpReLU codes of the input, decoded into the target."""
+    architecture = cfg["architecture"]
+    meta = cfg.get("metadata") or {}
+    return ("skip_transcoder" if "W_skip" in t else "transcoder"), {
+        "activation": "jumprelu" if architecture.startswith("jumprelu") else "relu",
+        "d_target": int(t["W_dec"].shape[1]),
+        "target_site": site_name(meta.get("hook_name_out") or "") or "",
+    }
+
+
 def _matching_pursuit(cfg: dict, t: dict) -> tuple[str, dict]:
     if cfg.get("stop_on_duplicate_support", True):
         raise FormatError(
@@ -130,7 +149,14 @@ READERS: dict[str, tuple[tuple[str, ...], Callable[[dict, dict], tuple[str, dict
     "topk": (("W_enc", "b_enc", "W_dec", "b_dec"), _topk),
     "jumprelu": (("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), _jumprelu),
     "matching_pursuit": (("W_dec", "b_dec"), _matching_pursuit),
+    "gated": (("W_enc", "b_enc", "r_mag", "b_mag", "W_dec", "b_dec"), _gated),
+    "transcoder": (("W_enc", "b_enc", "W_dec", "b_dec"), _transcoder),
+    "skip_transcoder": (("W_enc", "b_enc", "W_dec", "b_dec", "W_skip"), _transcoder),
+    "jumprelu_transcoder": (("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), _transcoder),
+    "jumprelu_skip_transcoder": (("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"), _transcoder),
 }
+TRANSCODERS = ("transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder")
+"""Their b_dec is the output's bias, never subtracted from the input (SAELens refuses apply_b_dec_to_input)."""
 NORMALIZATIONS_READ = ("none", "expected_average_only_in")  # the latter is the identity at SAELens' inference
 
 
@@ -172,12 +198,16 @@ def read_saelens(folder: str | Path) -> Imported:
     _check_saelens_config(cfg, folder)
     names, reader = READERS[cfg.get("architecture", "standard")]
     raw = load_file(str(folder / SAELENS_WEIGHTS))
+    if "b_gate" in raw:  # gated: the gate bias is interp's b_enc
+        raw["b_enc"] = raw.pop("b_gate")
     try:
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     except KeyError as e:
         raise FormatError(f"{folder / SAELENS_CONFIG} lacks {e}; is it a SAELens cfg.json?") from None
-    tensors = check_tensors(raw, names, d_in, d_sae, f"{folder / SAELENS_WEIGHTS}")
-    if not cfg.get("apply_b_dec_to_input", True):
+    transcoder = cfg.get("architecture") in TRANSCODERS
+    d_out = int(cfg.get("d_out") or d_in) if transcoder else None
+    tensors = check_tensors(raw, names, d_in, d_sae, f"{folder / SAELENS_WEIGHTS}", d_out)
+    if not cfg.get("apply_b_dec_to_input", True) and not transcoder:
         if "W_enc" in tensors:
             fold_b_dec_out_of_input(tensors)
         else:  # tied (matching pursuit): b_dec neither subtracted nor added back

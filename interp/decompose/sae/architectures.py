@@ -6,6 +6,7 @@
 | topk | k largest of ReLU(pre) | same | none (k sets L0); AuxK on dead latents |
 | batchtopk | k * batch largest of ReLU(pre) over the batch | pre > threshold (running estimate) | AuxK |
 | jumprelu | pre * H(pre - theta), straight-through in theta | same | l0_coeff * L0 (straight-through) |
+| gated | (pre > 0) * ReLU((pre - b_enc) exp(r_mag) + b_mag) (SAELens') | same | not trained by interp |
 | matryoshka | as batchtopk | as batchtopk | AuxK; the MSE is the mean over nested prefixes (below) |
 
 Matryoshka BatchTopK (Bussmann et al. 2025; Nabeshima 2024): one BatchTopK selection over the whole dictionary;
@@ -154,6 +155,12 @@ def _nested_mse(
     return prefixes[:, -1], (x[:, None] - prefixes).square().sum(-1).mean(0).mean()
 
 
+def _gated_codes(module, pre: torch.Tensor) -> torch.Tensor:
+    """SAELens' gated encode from the gate pre-activation (pre - b_enc is the shared (x - b_dec) W_enc)."""
+    magnitude = ((pre - module.b_enc) * module.r_mag.exp() + module.b_mag).clamp_min(0)
+    return (pre > 0) * magnitude
+
+
 def _theta(module) -> torch.Tensor:
     return module.log_threshold.exp()
 
@@ -175,4 +182,5 @@ ARCHITECTURES: dict[str, Architecture] = {
         encode=_thresholded, select=_batch_topk_select, threshold=_batch_threshold, uses_k=True, aux_loss=True,
         reconstruction=_nested_mse,
     ),
+    "gated": Architecture(encode=_gated_codes),  # read / exported, not trained (interp.decompose.sae.gated)
 }  # fmt: skip
