@@ -172,8 +172,9 @@ def train(
     """Train `decomposer` (an SAE or MPSAE) in place; see the module docstring."""
     cfg = decomposer.config
     device = resolve_device(cfg.device)
-    d_in = _check_data(data, cfg.batch_size)
-    batches = GlobalBatches(data, cfg.batch_size, cfg.seed)
+    live = hasattr(data, "batch")  # a batch source with GlobalBatches' interface (interp.decompose.live)
+    d_in = data.d if live else _check_data(data, cfg.batch_size)
+    batches = data if live else GlobalBatches(data, cfg.batch_size, cfg.seed)
     rank = distributed.rank()
     module = decomposer.build(d_in).to(device)
     # fused: one kernel per step for all parameters (on 2 CPU cores ~4x faster than the per-op foreach path)
@@ -229,7 +230,9 @@ def training_fingerprint(decomposer, data: ActivationStore | torch.Tensor) -> di
     """What a checkpoint of this training must match to be resumed: the method, the settings that change the
     result (not the device, the checkpoint interval, nor the number of processes) and the data."""
     settings = {"method": decomposer.method, **settings_of(decomposer.config, resume=True)}
-    return make_fingerprint(settings, data_fingerprint(data))
+    return make_fingerprint(
+        settings, data.fingerprint() if hasattr(data, "batch") else data_fingerprint(data)
+    )
 
 
 def _load_checkpoint(ckpt: Path | None, fingerprint: dict, module, optimizer, device: torch.device):
