@@ -107,7 +107,7 @@ def test_each_sign_is_calibrated_on_its_own(tiny_llama):
 
 
 def test_backends_give_the_same_greedy_generations_and_kl(tiny_llama):
-    prompts = Prompts.build(tiny_llama, ("I think that", "The", "Here"))  # three lengths: one call per length
+    prompts = Prompts.build(tiny_llama, ("I think that", "The", "Here"))  # three lengths, one left-padded call
     site = parse_site("0.resid_post")
     direction = torch.randn(64, generator=torch.Generator().manual_seed(2))
     texts, kls = {}, {}
@@ -120,6 +120,31 @@ def test_backends_give_the_same_greedy_generations_and_kl(tiny_llama):
     for backend in BACKENDS:
         assert texts[backend] == texts["torch"], backend
         assert math.isclose(kls[backend], kls["torch"], rel_tol=1e-3), backend
+
+
+def test_one_left_padded_batch_samples_as_unpadded_prompts(tiny_llama):
+    """Catches padding that leaks into a prompt (wrong mask, positions or pad side) and unseeded sampling: equal
+    lengths sample exactly as one unmasked generate call did (the old per-length grouping); mixed lengths decode,
+    greedily, as each prompt alone; sampling is reproducible."""
+    from interp.models.hooks import generate
+
+    site = parse_site("0.resid_post")
+    direction = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    same = Prompts.build(tiny_llama, ("I think that", "I know that!"))
+    assert len(set(same.lengths.tolist())) == 1
+    sampled = Sampling(n_samples=3, max_new_tokens=6, top_k=30, top_p=0.9, seed=5)
+    texts, _ = steered_samples(tiny_llama, same, site, direction, 3.0, sampled)
+    old = generate(tiny_llama, same.tokens.repeat_interleave(3, 0), site, AddDirection(direction, 3.0),
+                   max_new_tokens=6, do_sample=True, seed=5, top_k=30, top_p=0.9)  # fmt: skip
+    assert texts == tiny_llama.tokenizer.batch_decode(old[:, same.tokens.shape[1] :], skip_special_tokens=True)
+    assert steered_samples(tiny_llama, same, site, direction, 3.0, sampled)[0] == texts
+    mixed = Prompts.build(tiny_llama, ("I think that", "The", "Here is what happened:"))
+    greedy = Sampling(n_samples=1, max_new_tokens=5, top_k=1)
+    together, ppl = steered_samples(tiny_llama, mixed, site, direction, 3.0, greedy)
+    for i, text in enumerate(mixed.texts):
+        alone, alone_ppl = steered_samples(tiny_llama, Prompts.build(tiny_llama, (text,)), site, direction, 3.0, greedy)
+        assert together[i] == alone[0], text
+        assert torch.allclose(ppl[i], alone_ppl[0], rtol=1e-4), text
 
 
 def _row(concept, method, target, select, test, reached=True):

@@ -27,14 +27,15 @@ class Prompts:
     lengths: torch.Tensor
     pad: int
 
-    def by_length(self) -> list[tuple[list[int], torch.Tensor]]:
-        """Prompts grouped by length, unpadded: (prompt indices, tokens `[g, length]`) per group. Every backend
-        generates the same from unpadded prompts (TransformerLens' generate takes no attention mask)."""
-        groups = []
-        for length in sorted(set(self.lengths.tolist())):
-            rows = [i for i, n in enumerate(self.lengths.tolist()) if n == length]
-            groups.append((rows, self.tokens[rows, :length]))
-        return groups
+    def left_padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts left-padded for one batched generate: tokens `[n, max_len]` and attention mask `[n, max_len]`
+        (0 on padding). Every row ends at the last column."""
+        width = self.tokens.shape[1]
+        shift = width - self.lengths  # [n]: how far each row moves right
+        columns = (torch.arange(width)[None, :] - shift[:, None]) % width  # [n, width]: source column per column
+        mask = (torch.arange(width)[None, :] >= shift[:, None]).long()
+        tokens = torch.where(mask.bool(), self.tokens.gather(1, columns), torch.full_like(self.tokens, self.pad))
+        return tokens, mask
 
     @classmethod
     def build(cls, model: LoadedModel, texts: tuple[str, ...]) -> Prompts:
@@ -134,19 +135,13 @@ def steered_samples(
     model: LoadedModel, prompts: Prompts, site: Site, direction: torch.Tensor | None, alpha: float,
     sampling: Sampling,
 ) -> tuple[list[str], torch.Tensor]:  # fmt: skip
-    """`n_samples` continuations of every prompt (one generate call per prompt length) and their perplexity under
+    """`n_samples` continuations of every prompt (one left-padded, seeded generate call) and their perplexity under
     the unsteered model: texts and `ppl [n_prompts * n_samples]`, ordered prompt-major (row p * n_samples + s)."""
     edit = None if direction is None or alpha == 0 else AddDirection(direction, alpha)
-    s, n_new = sampling, sampling.max_new_tokens
-    texts: list[str] = [""] * (len(prompts.texts) * s.n_samples)
-    ppl = torch.zeros(len(texts))
-    for rows, tokens in prompts.by_length():
-        tokens = tokens.repeat_interleave(s.n_samples, 0)
-        out = generate(model, tokens, site, edit, max_new_tokens=n_new, do_sample=True, seed=s.seed,
-                       backend=s.backend, top_k=s.top_k, top_p=s.top_p).cpu()  # fmt: skip
-        where = [p * s.n_samples + j for p in rows for j in range(s.n_samples)]
-        decoded = model.tokenizer.batch_decode(out[:, tokens.shape[1] :], skip_special_tokens=True)
-        for i, text in zip(where, decoded, strict=True):
-            texts[i] = text
-        ppl[where] = continuation_perplexity(model, out, tokens.shape[1])
-    return texts, ppl
+    s = sampling
+    tokens, mask = (t.repeat_interleave(s.n_samples, 0) for t in prompts.left_padded())
+    out = generate(model, tokens, site, edit, max_new_tokens=s.max_new_tokens, do_sample=True, seed=s.seed,
+                   backend=s.backend, attention_mask=mask, top_k=s.top_k, top_p=s.top_p).cpu()  # fmt: skip
+    texts = model.tokenizer.batch_decode(out[:, tokens.shape[1] :], skip_special_tokens=True)
+    full_mask = torch.cat([mask, torch.ones(len(out), out.shape[1] - mask.shape[1], dtype=mask.dtype)], 1)
+    return texts, continuation_perplexity(model, out, tokens.shape[1], full_mask)
