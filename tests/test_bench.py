@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -92,5 +93,20 @@ def test_store_bench_core_metrics_and_probing_on_a_user_csv(tmp_path):
     assert by["l0"] <= 4 and 0 <= by["alive_fraction"] <= 1 and by["shrinkage"] > 0
     assert {"ce_score", "kl_score", "probe_full", "probe_k1", "probe_random_k1", "tpp_n20"} <= set(by)
     assert by["probe_full"] > 0.8  # two very different kinds of text: the activations separate them
+    assert "absorption skipped" in result.output  # 800 tokens: too few distinct words per letter, said
+    assert not any(m.startswith(("autointerp", "absorption")) for m in by)  # absent: empty, not faked
+    # explanations written after the bench (columns of interp explain's explanations.parquet) enter on a rerun
+    (tmp_path / "topk" / "index").mkdir()
+    nan = float("nan")
+    pd.DataFrame({"feature": [0, 1, 2], "detection_f1": [0.9, 0.7, nan], "fuzzing_f1": [0.6, 0.8, nan],
+                  "detection_f1_shuffled": [0.5, 0.4, nan], "fuzzing_f1_shuffled": [0.5, 0.3, nan]}
+                 ).to_parquet(tmp_path / "topk" / "index" / "explanations.parquet")  # fmt: skip
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "FVU" not in again.output  # finished: not recomputed
+    by = {r["metric"]: float(r["value"]) for r in read_metrics(tmp_path / "b" / "metrics.csv")}
+    assert by["autointerp_detection_f1"] == pytest.approx(0.8) and by[
+        "autointerp_fuzzing_f1"
+    ] == pytest.approx(0.7)
+    assert by["autointerp_detection_f1_shuffled"] == pytest.approx(0.45) and by["autointerp_n_scored"] == 2
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "autointerp_detection_f1" in report and report.count("| topk |") == 1  # one row, not a second one

@@ -207,3 +207,28 @@ def test_dead_feature_and_empty_index(monkeypatch, cache, tmp_path, model):
     (out / "manifest.json").write_text(json.dumps({**manifest, "n_tokens": 0}))
     at = app(monkeypatch, tmp_path / "dead", page="Features")
     assert "built on 0 tokens" in texts(at)
+
+
+def test_compare_page_shows_the_bench_report_of_the_site(monkeypatch, cache, tmp_path):
+    """Catches a page that ignores the report, shows rows of another site, or fakes a table when none exists."""
+    from interp.evaluate.report import write_report
+
+    at = app(monkeypatch, cache, page="Compare")
+    choose(at, "topk-k32")
+    assert "No `interp bench store` report" in texts(at) and "--out" in texts(at)
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    folders = {n: copy / "decomposers" / "toy" / "1.mlp_hidden" / n for n in ("topk-k32", "snmf-k16")}
+    rows = [{"decomposer": n, "method": n.split("-")[0], "site": "1.mlp_hidden", "metric": "absorption_fraction",
+             "value": v, "settings": json.dumps({"folder": str(f)})}
+            for (n, f), v in zip(folders.items(), (0.125, 0.5), strict=True)]  # fmt: skip
+    rows.append({**rows[0], "decomposer": "elsewhere", "site": "0.resid_post", "value": 0.9})
+    write_report(rows, copy / "bench" / "toy", "interp bench store")
+    at = app(monkeypatch, copy, page="Compare")
+    choose(at, "topk-k32")
+    assert "Bench report" in texts(at) and "No `interp bench store` report" not in texts(at)
+    (table,) = at.dataframe[:1]
+    shown = table.value
+    assert sorted(shown["decomposer"]) == ["snmf-k16", "topk-k32"]
+    assert dict(zip(shown["decomposer"], shown["absorption_fraction"], strict=True))["topk-k32"] == 0.125

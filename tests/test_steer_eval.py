@@ -107,7 +107,9 @@ def test_each_sign_is_calibrated_on_its_own(tiny_llama):
 
 
 def test_backends_give_the_same_greedy_generations_and_kl(tiny_llama):
-    prompts = Prompts.build(tiny_llama, ("I think that", "The", "Here"))  # three lengths, one left-padded call
+    prompts = Prompts.build(
+        tiny_llama, ("I think that", "The", "Here")
+    )  # three lengths, one left-padded call
     site = parse_site("0.resid_post")
     direction = torch.randn(64, generator=torch.Generator().manual_seed(2))
     texts, kls = {}, {}
@@ -136,13 +138,17 @@ def test_one_left_padded_batch_samples_as_unpadded_prompts(tiny_llama):
     texts, _ = steered_samples(tiny_llama, same, site, direction, 3.0, sampled)
     old = generate(tiny_llama, same.tokens.repeat_interleave(3, 0), site, AddDirection(direction, 3.0),
                    max_new_tokens=6, do_sample=True, seed=5, top_k=30, top_p=0.9)  # fmt: skip
-    assert texts == tiny_llama.tokenizer.batch_decode(old[:, same.tokens.shape[1] :], skip_special_tokens=True)
+    assert texts == tiny_llama.tokenizer.batch_decode(
+        old[:, same.tokens.shape[1] :], skip_special_tokens=True
+    )
     assert steered_samples(tiny_llama, same, site, direction, 3.0, sampled)[0] == texts
     mixed = Prompts.build(tiny_llama, ("I think that", "The", "Here is what happened:"))
     greedy = Sampling(n_samples=1, max_new_tokens=5, top_k=1)
     together, ppl = steered_samples(tiny_llama, mixed, site, direction, 3.0, greedy)
     for i, text in enumerate(mixed.texts):
-        alone, alone_ppl = steered_samples(tiny_llama, Prompts.build(tiny_llama, (text,)), site, direction, 3.0, greedy)
+        alone, alone_ppl = steered_samples(
+            tiny_llama, Prompts.build(tiny_llama, (text,)), site, direction, 3.0, greedy
+        )
         assert together[i] == alone[0], text
         assert torch.allclose(ppl[i], alone_ppl[0], rtol=1e-4), text
 

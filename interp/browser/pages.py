@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from interp.browser import views
+from interp.browser.bench_view import bench_section
 from interp.browser.state import (
     discover,
     index_mtime,
@@ -20,6 +21,7 @@ from interp.browser.state import (
     open_run,
     read_feature,
     run_label,
+    settings,
     sync_feature_box,
 )
 from interp.decompose.base import read_source
@@ -322,6 +324,7 @@ def page_steering(index: FeatureIndex) -> None:
 def page_compare(index: FeatureIndex, rows: list[dict], unindexed: list[str]) -> None:
     st.header("Compare decomposers of one site")
     m = index.manifest
+    bench_section(settings()[0], m.model, m.site)
     folder = needs_decomposer(index)
     if folder is None:
         return

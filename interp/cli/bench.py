@@ -103,6 +103,12 @@ def store_cmd(
         ),
     ] = "bbc",
     n_texts: Annotated[int, typer.Option(help="texts of the probing set used (train + held out)")] = 400,
+    absorption_tokens: Annotated[
+        int,
+        typer.Option(
+            help="distinct alphabetic tokens of the store for the first-letter absorption (0: skip)"
+        ),
+    ] = 4000,
     device: str = "auto",
 ) -> None:
     """Core metrics (FVU, L0, dead, alive, shrinkage, CE / KL scores) and sparse probing of real decomposers."""
@@ -113,7 +119,8 @@ def store_cmd(
     offline_by_default()
     try:
         texts = probing_texts(probe, n_texts) if probe else None
-        rows = run_store_bench(decomposers, out, store, max_tokens, n_contexts, texts, device, log=typer.echo)
+        rows = run_store_bench(decomposers, out, store, max_tokens, n_contexts, texts, device, log=typer.echo,
+                               absorption_tokens=absorption_tokens)  # fmt: skip
     except USER_ERRORS as e:
         fail(e)
     typer.echo(markdown_table(rows))

@@ -88,6 +88,13 @@ def fit_cmd(
     target: Annotated[
         Path | None, typer.Option(help="transcoder: the target store of the same capture, e.g. .../9.mlp_out")
     ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="SAEs: FIELD=V1,V2,... (a config field: k=8,16,32) trained together from one read of "
+            "the store, each into OUT-FIELDV"
+        ),
+    ] = None,
 ) -> None:
     """Fit a decomposer on a store; interrupt and rerun to resume from the last checkpoint."""
     from interp.core import distributed as dist
@@ -102,8 +109,32 @@ def fit_cmd(
         options.update(parse_overrides(set_ or []))
         if target is not None:
             options["target"] = str(target.resolve())
-        run_fit(store, method, out, options, overwrite=overwrite, keep_checkpoint=keep_checkpoint)
+        fit = run_sweep if sweep else run_fit
+        fit(store, method, out, options, overwrite=overwrite, keep_checkpoint=keep_checkpoint,
+            **({"sweep": sweep} if sweep else {}))  # fmt: skip
     except USER_ERRORS as e:
         fail(e)
     finally:
         dist.stop()
+
+
+def run_sweep(store_path: Path, method: str, out: Path | None, options: dict[str, Any], sweep: str,
+              overwrite: bool = False, keep_checkpoint: bool = False) -> list:  # fmt: skip
+    """`--sweep NAME=V1,V2`: one config per value, trained together (interp.decompose.sweep), into OUT-NAMEV."""
+    import typing
+
+    from interp.cli.common import coerce
+    from interp.decompose.fitting import default_fit_dir
+    from interp.decompose.sweep import fit_sweep, sweep_configs
+
+    field, _, values = sweep.partition("=")
+    config = method_config(method, options)
+    if not values or not hasattr(config, "n_steps"):
+        raise ValueError(f"--sweep {sweep!r}: give FIELD=V1,V2,... (a config field, e.g. k or n_features) of an "
+                         f"SAE method (not {method})")  # fmt: skip
+    hint = typing.get_type_hints(type(config)).get(field, str)
+    configs = sweep_configs(config, field, [coerce(v.strip(), hint) for v in values.split(",")])
+    base = out or default_fit_dir(store_path, method, getattr(config, "n_features", None))
+    outs = [base.parent / f"{base.name}-{field}{getattr(c, field)}" for c in configs]
+    return fit_sweep(store_path, method, configs, outs, log=echo0, overwrite=overwrite,
+                     keep_checkpoint=keep_checkpoint)  # fmt: skip

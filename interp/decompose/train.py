@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -166,16 +168,30 @@ def _global_metrics(
     return record, packed[5 + x.shape[1] :].float()
 
 
-def train(
-    decomposer, data: ActivationStore | torch.Tensor, checkpoint_dir: str | Path | None, progress: bool
-) -> None:
-    """Train `decomposer` (an SAE or MPSAE) in place; see the module docstring."""
+@dataclass
+class Run:
+    """One decomposer's training state between steps (several share one stream of batches in a sweep)."""
+
+    decomposer: Any
+    data: Any
+    batches: GlobalBatches
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_of: nn.Module
+    ckpt: Path | None
+    fingerprint: dict
+    step: int
+    history: list
+    since_fired: torch.Tensor
+    resample_every: int
+    bar: Any
+
+
+def start_run(decomposer, data: ActivationStore | torch.Tensor, batches: GlobalBatches, d_in: int,
+              checkpoint_dir: str | Path | None, progress: bool) -> Run:  # fmt: skip
+    """Build the module and optimizer, resume from `checkpoint_dir` or initialize from the data."""
     cfg = decomposer.config
     device = resolve_device(cfg.device)
-    live = hasattr(data, "batch")  # a batch source with GlobalBatches' interface (interp.decompose.live)
-    d_in = data.d if live else _check_data(data, cfg.batch_size)
-    batches = data if live else GlobalBatches(data, cfg.batch_size, cfg.seed)
-    rank = distributed.rank()
     module = decomposer.build(d_in).to(device)
     # fused: one kernel per step for all parameters (on 2 CPU cores ~4x faster than the per-op foreach path)
     lr = decomposer.config.learning_rate
@@ -192,38 +208,65 @@ def train(
         step, history, since_fired = resumed
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    loss_of = _data_parallel(module, device)
-
     resample_every = cfg.resample_every if getattr(module, "resamples_dead", False) else -1
     if resample_every == 0:
         resample_every = max(1, cfg.n_steps // 4)
     bar = tqdm(total=cfg.n_steps, initial=step, desc=f"train {decomposer.method}",
-               disable=not progress or rank != 0)  # fmt: skip
-    while step < cfg.n_steps:
-        x = batches.batch(step).to(device) * module.scale  # this rank's part of global batch `step`
-        record, fired = _train_step(module, loss_of, optimizer, x, since_fired, step, cfg,
-                                    lambda rows, s=step: _non_finite_error(data, batches.rows(s)[rows], s))  # fmt: skip
-        since_fired += cfg.batch_size
-        since_fired[fired > 0] = 0
-        step += 1
-        resample_now = resample_every > 0 and step % resample_every == 0 and step < cfg.n_steps
-        if resample_now and (since_fired >= cfg.dead_tokens).any():
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            if _resample_dead(
-                module, distributed.all_gather_cat(x), since_fired >= cfg.dead_tokens, optimizer, gen
-            ):
-                since_fired[since_fired >= cfg.dead_tokens] = 0
-        record = {"step": step, **record, "dead": float((since_fired >= cfg.dead_tokens).float().mean())}
-        history.append(record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.3g}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
+               disable=not progress or distributed.rank() != 0)  # fmt: skip
+    return Run(decomposer, data, batches, module, optimizer, _data_parallel(module, device), ckpt, fingerprint,
+               step, history, since_fired, resample_every, bar)  # fmt: skip
+
+
+def advance(run: Run, batch: torch.Tensor) -> None:
+    """One step of `run` on this rank's part `batch [b, d_in]` of global batch `run.step` (not modified)."""
+    cfg, module, step = run.decomposer.config, run.module, run.step
+    x = batch.to(run.since_fired.device) * module.scale
+    record, fired = _train_step(module, run.loss_of, run.optimizer, x, run.since_fired, step, cfg,
+                                lambda rows, s=step: _non_finite_error(run.data, run.batches.rows(s)[rows], s))  # fmt: skip
+    since_fired = run.since_fired
+    since_fired += cfg.batch_size
+    since_fired[fired > 0] = 0
+    step = run.step = step + 1
+    resample_now = run.resample_every > 0 and step % run.resample_every == 0 and step < cfg.n_steps
+    if resample_now and (since_fired >= cfg.dead_tokens).any():
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        if _resample_dead(
+            module, distributed.all_gather_cat(x), since_fired >= cfg.dead_tokens, run.optimizer, gen
+        ):
+            since_fired[since_fired >= cfg.dead_tokens] = 0
+    record = {"step": step, **record, "dead": float((since_fired >= cfg.dead_tokens).float().mean())}
+    run.history.append(record)
+    run.bar.update(1)
+    run.bar.set_postfix(loss=f"{record['loss']:.3g}", fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}",
                         dead=f"{record['dead']:.2f}")  # fmt: skip
-        if ckpt is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.n_steps):
-            _checkpoint(ckpt, module, optimizer, since_fired, step, history, cfg.batch_size, fingerprint)
-    bar.close()
+    if (
+        run.ckpt is not None
+        and distributed.rank() == 0
+        and (step % cfg.checkpoint_every == 0 or step == cfg.n_steps)
+    ):
+        _checkpoint(run.ckpt, module, run.optimizer, since_fired, step, run.history, cfg.batch_size,
+                    run.fingerprint)  # fmt: skip
+
+
+def finish_run(run: Run) -> None:
+    run.bar.close()
     distributed.barrier()  # the last checkpoint is on disk before any rank returns
-    module.fold_scale()
-    decomposer.history = history
+    run.module.fold_scale()
+    run.decomposer.history = run.history
+
+
+def train(
+    decomposer, data: ActivationStore | torch.Tensor, checkpoint_dir: str | Path | None, progress: bool
+) -> None:
+    """Train `decomposer` (an SAE or MPSAE) in place; see the module docstring."""
+    cfg = decomposer.config
+    live = hasattr(data, "batch")  # a batch source with GlobalBatches' interface (interp.decompose.live)
+    d_in = data.d if live else _check_data(data, cfg.batch_size)
+    batches = data if live else GlobalBatches(data, cfg.batch_size, cfg.seed)
+    run = start_run(decomposer, data, batches, d_in, checkpoint_dir, progress)
+    while run.step < cfg.n_steps:
+        advance(run, batches.batch(run.step))  # this rank's part of global batch `step`
+    finish_run(run)
 
 
 def training_fingerprint(decomposer, data: ActivationStore | torch.Tensor) -> dict:

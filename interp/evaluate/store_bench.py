@@ -22,6 +22,8 @@ from interp.core.io import atomic_write_json
 from interp.corpus import Contexts
 from interp.decompose import load_decomposer
 from interp.decompose.base import CONFIG_FILE, read_source
+from interp.evaluate.absorption import TooFewTokens, absorption, store_letter_data
+from interp.evaluate.autointerp_scores import autointerp_scores
 from interp.evaluate.bench import check_settings, collect_rows
 from interp.evaluate.probing import Pooled, pool_texts, sparse_probing, tpp
 from interp.evaluate.recon import evaluate
@@ -81,30 +83,60 @@ def probing_metrics(decomposer, store: ActivationStore, model, texts: LabelledTe
     return {**sparse_probing(data), **tpp(data, decomposer)}
 
 
+def _refresh_autointerp(folder: Path, name: str, site: str, path: Path) -> None:
+    """The decomposer's autointerp rows, re-read on every run (explanations may come after the bench)."""
+    scores = autointerp_scores(folder)
+    if not scores:
+        path.unlink(missing_ok=True)
+        return
+    method = json.loads((folder / CONFIG_FILE).read_text())["method"]
+    rows = [{"decomposer": name, "method": method, "site": site, "metric": k, "value": v,
+             "settings": json.dumps({"explanations": str(folder.resolve())})} for k, v in scores.items()]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, rows)
+
+
+def _absorption(decomposer, store, model, n_tokens: int, cache: dict, name: str, log) -> dict:
+    """First-letter absorption on the store's distinct word tokens (loaded once per store), or {} (said) when the
+    store has too few of them."""
+    try:
+        if store.path not in cache:
+            decode = model.tokenizer.decode
+            cache[store.path] = store_letter_data(store, lambda t: decode([t]), n_tokens)
+        return absorption(cache[store.path], decomposer)
+    except TooFewTokens as e:
+        log(f"{name}: {e}")
+        return {}
+
+
 def run_store_bench(folders: list[Path], out: Path, store_path: Path | None, max_tokens: int, n_contexts: int,
                     texts: LabelledTexts | None, device: str = "auto", progress: bool = True,
-                    log=print) -> list[dict]:  # fmt: skip
+                    log=print, absorption_tokens: int = 0) -> list[dict]:  # fmt: skip
     """Score every decomposer folder (module docstring); returns every metric row of `out`."""
     out = Path(out)
     settings = {"max_tokens": max_tokens, "n_contexts": n_contexts, "store": str(store_path or ""),
-                "probe": texts.name if texts else "", "n_texts": len(texts.texts) if texts else 0}  # fmt: skip
+                "probe": texts.name if texts else "", "n_texts": len(texts.texts) if texts else 0,
+                "absorption_tokens": absorption_tokens}  # fmt: skip
     check_settings(out, settings)
-    model, taken = None, set()
+    model, taken, letters = None, set(), {}
     for folder in tqdm(folders, desc="bench", disable=not progress):
         folder = Path(folder)
         name = _name(folder, taken)
         result = out / "results" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.json"
+        store = _store_for(folder, store_path)
+        _refresh_autointerp(folder, name, store.site, result.with_suffix(".autointerp.json"))
         if result.exists():
             continue
-        store = _store_for(folder, store_path)
         decomposer = load_decomposer(folder)
         method = json.loads((folder / CONFIG_FILE).read_text())["method"]
-        if model is None and (n_contexts > 0 or texts is not None):
+        if model is None and (n_contexts > 0 or texts is not None or absorption_tokens > 0):
             model = load_model(store.manifest.model, device=device)
         start = time.perf_counter()
         metrics = core_metrics(decomposer, store, max_tokens, model, n_contexts)
         if texts is not None:
             metrics.update(probing_metrics(decomposer, store, model, texts))
+        if absorption_tokens > 0:
+            metrics.update(_absorption(decomposer, store, model, absorption_tokens, letters, name, log))
         metrics["eval_seconds"] = time.perf_counter() - start
         metrics.pop("n_tokens", None)
         row_settings = json.dumps({**settings, "folder": str(folder.resolve())}, sort_keys=True)
@@ -122,5 +154,10 @@ NOTES = """Core (SAEBench): ce_score = (CE_zero - CE_spliced) / (CE_zero - CE_cl
 / KL_zero, both against zero-ablation of the site. Sparse probing: one-vs-rest per class, balanced, held-out
 accuracy of a logistic probe on the top-k latents by mean difference (probe_k), on k random latents
 (probe_random_k) and on the full activations (probe_full). TPP: own-class minus other-class probe accuracy drop
-when the 20 latents most tied to a class are ablated. Autointerp: not yet measured (left empty, not faked).
+when the 20 latents most tied to a class are ablated. Absorption (SAEBench's first-letter task, on the store's
+distinct alphabetic tokens): absorption_fraction = share of the probe-aligned reconstruction not carried by the
+main latents, full_absorption_rate, absorption_n_main (main latents per letter), absorption_probe_f1 (the letter
+probes' held-out F1: SAEBench wants >= 1B-parameter models, where it is high; low values mean the task says
+little). Autointerp (from `interp explain`'s index/explanations.parquet, mean over explained features):
+detection_f1, fuzzing_f1 and their shuffled-explanation baselines; empty where no explanations exist.
 """

@@ -32,9 +32,13 @@ class Prompts:
         (0 on padding). Every row ends at the last column."""
         width = self.tokens.shape[1]
         shift = width - self.lengths  # [n]: how far each row moves right
-        columns = (torch.arange(width)[None, :] - shift[:, None]) % width  # [n, width]: source column per column
+        columns = (
+            torch.arange(width)[None, :] - shift[:, None]
+        ) % width  # [n, width]: source column per column
         mask = (torch.arange(width)[None, :] >= shift[:, None]).long()
-        tokens = torch.where(mask.bool(), self.tokens.gather(1, columns), torch.full_like(self.tokens, self.pad))
+        tokens = torch.where(
+            mask.bool(), self.tokens.gather(1, columns), torch.full_like(self.tokens, self.pad)
+        )
         return tokens, mask
 
     @classmethod
