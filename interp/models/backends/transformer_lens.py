@@ -13,6 +13,14 @@ from interp.models.loading import LoadedModel
 from interp.models.sites import Site
 
 
+def _norm_weight(tl, site: Site) -> torch.Tensor | None:
+    """The pre-MLP norm's weight of `site`'s block when the site is `mlp_in`: TransformerLens's
+    `ln2.hook_normalized` is x / rms, before the weight, while the MLP reads (x / rms) * w (None: no weight)."""
+    if site.kind != "mlp_in":
+        return None
+    return getattr(tl.blocks[site.layer].ln2, "w", None)
+
+
 def run(model: LoadedModel, tokens: torch.Tensor, sites: list[Site]) -> dict[Site, torch.Tensor]:
     """Activations `[batch, pos, d]` at each site for `tokens [batch, pos]`."""
     tl = model.transformer_lens()
@@ -20,7 +28,9 @@ def run(model: LoadedModel, tokens: torch.Tensor, sites: list[Site]) -> dict[Sit
     out: dict[Site, torch.Tensor] = {}
 
     def save(act: torch.Tensor, hook) -> None:
-        out[by_hook[hook.name]] = act.detach()
+        site = by_hook[hook.name]
+        weight = _norm_weight(tl, site)
+        out[site] = (act if weight is None else act * weight).detach()
 
     deepest = max(site.layer for site in sites)
     with torch.no_grad():
@@ -31,7 +41,16 @@ def run(model: LoadedModel, tokens: torch.Tensor, sites: list[Site]) -> dict[Sit
 @contextmanager
 def edit_hook(model: LoadedModel, site: Site, tracker: PositionTracker) -> Iterator[None]:
     """Apply `tracker` at `site`'s TransformerLens hook while the context is open."""
-    with model.transformer_lens().hooks(fwd_hooks=[(site.tl_hook, lambda acts, hook: tracker(acts))]):
+    tl = model.transformer_lens()
+    weight = _norm_weight(tl, site)
+
+    def edit(acts: torch.Tensor, hook) -> torch.Tensor:
+        if weight is None:
+            return tracker(acts)
+        safe = torch.where(weight == 0, torch.ones_like(weight), weight)  # the MLP ignores those dimensions
+        return tracker(acts * weight) / safe
+
+    with tl.hooks(fwd_hooks=[(site.tl_hook, edit)]):
         yield
 
 
