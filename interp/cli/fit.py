@@ -50,8 +50,8 @@ def fit_cmd(
         ),
     ],
     store: Annotated[
-        Path, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")
-    ],
+        Path | None, typer.Option(help="a store folder (one site), e.g. cache/activations/M/bbc/9.mlp_hidden")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default under cache/decomposers)")] = None,
     k: Annotated[int | None, typer.Option("--k", help="number of features")] = None,
     sparsity: Annotated[float | None, typer.Option(help="SNMF: fraction of neurons kept per feature")] = None,
@@ -95,6 +95,17 @@ def fit_cmd(
             "the store, each into OUT-FIELDV"
         ),
     ] = None,
+    live: Annotated[
+        bool, typer.Option(help="SAEs / MP-SAE: train on activations streamed from --model (no store)")
+    ] = False,
+    model: Annotated[str | None, typer.Option(help="--live: built-in name, local folder or .gguf")] = None,
+    corpus: Annotated[list[str] | None, typer.Option(help="--live: as interp capture --corpus")] = None,
+    site: Annotated[str | None, typer.Option(help="--live: e.g. 9.mlp_hidden")] = None,
+    n_tokens: Annotated[int | None, typer.Option(help="--live: tokens to stream (BOS excluded)")] = None,
+    buffer_tokens: Annotated[
+        int, typer.Option(help="--live: tokens shuffled together (rounded to whole contexts)")
+    ] = 262_144,
+    context_len: Annotated[int, typer.Option(help="--live: tokens per context, BOS included")] = 128,
 ) -> None:
     """Fit a decomposer on a store; interrupt and rerun to resume from the last checkpoint."""
     from interp.core import distributed as dist
@@ -109,6 +120,10 @@ def fit_cmd(
         options.update(parse_overrides(set_ or []))
         if target is not None:
             options["target"] = str(target.resolve())
+        if live or store is None:
+            live_spec = check_live_options(live, store, target, sweep, model, corpus, site, n_tokens)
+            run_live(live_spec(buffer_tokens, context_len), method, out, options, overwrite, keep_checkpoint)
+            return
         fit = run_sweep if sweep else run_fit
         fit(store, method, out, options, overwrite=overwrite, keep_checkpoint=keep_checkpoint,
             **({"sweep": sweep} if sweep else {}))  # fmt: skip
@@ -138,3 +153,35 @@ def run_sweep(store_path: Path, method: str, out: Path | None, options: dict[str
     outs = [base.parent / f"{base.name}-{field}{getattr(c, field)}" for c in configs]
     return fit_sweep(store_path, method, configs, outs, log=echo0, overwrite=overwrite,
                      keep_checkpoint=keep_checkpoint)  # fmt: skip
+
+
+def check_live_options(live: bool, store: Path | None, target: Path | None, sweep: str | None, model: str | None,
+                       corpus: list[str] | None, site: str | None, n_tokens: int | None) -> Any:  # fmt: skip
+    """Refuse mixed or missing options of `fit --live`; a function (buffer_tokens, context_len) -> LiveSpec."""
+    from interp.decompose.live_fit import LiveSpec
+
+    if not live:
+        raise ValueError("give --store FOLDER (a captured site), or --live --model M --site S --n-tokens N")
+    for flag, value in (("--store", store), ("--target", target), ("--sweep", sweep)):
+        if value is not None:
+            raise ValueError(
+                f"--live streams from the model, so it takes no {flag}; drop {flag} or drop --live"
+            )
+    for flag, value in (("--model", model), ("--site", site), ("--n-tokens", n_tokens)):
+        if value is None:
+            raise ValueError(f"--live needs {flag} (e.g. --live --model gemma-3-270m --site 9.mlp_hidden "
+                             "--n-tokens 1000000)")  # fmt: skip
+    return lambda buffer, length: LiveSpec(model, tuple(corpus or ["bbc"]), site, n_tokens, buffer, length)
+
+
+def run_live(spec: Any, method: str, out: Path | None, options: dict[str, Any], overwrite: bool,
+             keep_checkpoint: bool) -> Any:  # fmt: skip
+    """`fit --live`: `method` on rows streamed from `spec`'s model (n_steps: one pass unless --n-steps)."""
+    from interp.cli.common import offline_by_default
+    from interp.decompose.live_fit import check_live_method, fit_live
+
+    offline_by_default()
+    check_live_method(method)
+    config = method_config(method, options)
+    return fit_live(spec, method, config, out, options.get("n_steps") is not None, log=echo0,
+                    overwrite=overwrite, keep_checkpoint=keep_checkpoint)  # fmt: skip
