@@ -47,10 +47,11 @@ class ProgressBatches(LiveBatches):
     bar: Any = None
 
     def batch(self, step: int) -> torch.Tensor:
+        rows = super().batch(step)
         if self.bar is not None:
-            self.bar.n = step * self.batch_size
+            self.bar.n = step * self.batch_size  # a resumed run starts at its checkpoint's step
             self.bar.update(self.batch_size)
-        return super().batch(step)
+        return rows
 
 
 def check_live_method(method: str) -> None:
