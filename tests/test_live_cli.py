@@ -33,7 +33,8 @@ def live_args(tmp_path, *extra):
 
 def test_live_fit_records_source_and_equals_store_fit(tmp_path):
     """Catches a CLI that streams another site / seed / order than the store-based fit of the same rows, a config
-    without the live record, a wrong default n_steps, and a rerun that trains again instead of returning the finished fit."""
+    without the live record, a wrong default n_steps, a rerun that trains again instead of
+    returning the finished fit, and `interp index` on the live folder failing with a traceback (no store in source.json)."""
     args = live_args(tmp_path, "--buffer-tokens", "1000000")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -54,6 +55,11 @@ def test_live_fit_records_source_and_equals_store_fit(tmp_path):
     cls = method_class("topk")
     tensor_fit = cls(cls.config_class(**{**meta["config"], "n_steps": n_steps})).fit(rows, progress=False)
     assert torch.allclose(live.directions, tensor_fit.directions, atol=1e-5)
+    index = ["index", str(tmp_path / "fit"), "--top-k", "3", "--device", "cpu"]
+    no_store = runner.invoke(app, index)
+    assert no_store.exit_code == 2 and "--store" in no_store.output and "Traceback" not in no_store.output
+    indexed = runner.invoke(app, [*index, "--store", str(tmp_path / "run" / "1.mlp_hidden")])
+    assert indexed.exit_code == 0, indexed.output
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "already holds this fit" in again.output
     other = runner.invoke(app, [*args[:-1], "500"])  # --buffer-tokens 500

@@ -138,3 +138,43 @@ def test_cli_fits_and_evaluates_a_skip_transcoder(paired, tmp_path):
     header, row = result.output.strip().splitlines()[:2]
     fvu = float(row.split()[header.split().index("fvu")])
     assert fvu < 0.7 and "nan" not in result.output, result.output
+
+
+def test_index_of_a_transcoder_reads_its_input_and_lenses_its_decoder(paired, tiny_llama, tmp_path):
+    """`interp index` on a transcoder folder: top contexts come from codes of the input site (catches encoding the
+    target, or paired [x | y] rows) and the logit lens is of the decoder rows `[k, d_out]` at the target site."""
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+    from interp.features import FeatureIndex
+    from interp.features.logit_lens import logit_lens
+
+    runner = CliRunner()
+    x_store, y_store, _ = paired
+    fit = ["fit", "--method", "transcoder", "--store", str(x_store.path), "--target", str(y_store.path), "--k",
+           "32", "--topk-k", "4", "--n-steps", "40", "--batch-size", "128", "--device", "cpu", "--out",
+           str(tmp_path / "tc")]  # fmt: skip
+    assert runner.invoke(app, fit).exit_code == 0
+    result = runner.invoke(app, ["index", str(tmp_path / "tc"), "--top-k", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    index = FeatureIndex.open(tmp_path / "tc" / "index")
+    tc = load_decomposer(tmp_path / "tc")
+    assert index.n_features == 32 and index.manifest.site == "1.mlp_in"
+    with safe_open(str(tmp_path / "tc" / "index" / "index.safetensors"), "pt") as f:
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+        promoted = f.get_tensor("logit_promoted_ids")
+    assert shapes["top_values"] == (32, 3) and shapes["logit_promoted_ids"][0] == 32
+    codes = tc.encode(x_store.load_all())  # [n, 32]
+    lens = logit_lens(tiny_llama, "1.mlp_out", tc.directions, top=shapes["logit_promoted_ids"][1])
+    assert tc.directions.shape == (32, y_store.d)
+    for feature in range(32):
+        got = index.feature(feature)
+        if codes[:, feature].max() <= 0:
+            assert got.top == []
+            continue
+        assert got.max == pytest.approx(float(codes[:, feature].max()), rel=1e-4)
+        assert float(codes[got.top[0].row, feature]) == pytest.approx(
+            got.max, rel=1e-4
+        )  # ties: repeated text
+    assert torch.equal(promoted, lens.promoted_ids)

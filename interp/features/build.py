@@ -138,6 +138,12 @@ def _source_of(folder: Path | None, store: str | Path | None) -> Path:
         raise FeatureIndexError(
             f"the decomposer at {folder} has no {SOURCE_FILE} naming its store; pass the store (--store)"
         )
+    if "store" not in source:  # fitted by `interp fit --live`: no store holds its rows
+        raise FeatureIndexError(
+            f"the decomposer at {folder} was trained live on {source.get('model')} {source.get('site')} (no store); "
+            f"capture that site (interp capture --model {source.get('model')} --sites {source.get('site')}) and "
+            "pass the store (--store)"
+        )
     return Path(source["store"])
 
 
@@ -235,7 +241,7 @@ def _check_fitted_on(source: dict | None, store: ActivationStore) -> None:
                                 ("model", (source or {}).get("model"), store.manifest.model)):  # fmt: skip
         if fitted and fitted != given:
             raise FeatureIndexError(
-                f"the decomposer was fitted on {what} {fitted} (store {source['store']}) but the store "
+                f"the decomposer was fitted on {what} {fitted} (store {source.get('store', 'none: trained live')}) but the store "
                 f"{store.path} holds {what} {given}; index it over a store of {fitted} (omit --store to use the "
                 "one it was fitted on)"
             )
