@@ -57,7 +57,9 @@ class LiveBatches:
         self.description = {"model": model.info.name, "contexts": contexts.fingerprint, "site": self.site.name,
                             "n_tokens": n_tokens, "n_rows": self.n, "buffer_contexts": self.buffer_contexts,
                             "drop_bos": drop_bos, "live_seed": seed}  # fmt: skip
-        self._cache: tuple[int, torch.Tensor] | None = None  # (buffer, its rows permuted) [rows, d]
+        self._cache: tuple[int, torch.Tensor, torch.Tensor] | None = (
+            None  # (buffer, rows permuted, the order)
+        )
         if self.n < batch_size:
             raise DecomposerError(f"batch_size={batch_size} is larger than the {self.n} live tokens; raise "
                                   "--n-tokens or lower --batch-size")  # fmt: skip
@@ -88,7 +90,7 @@ class LiveBatches:
             begin = c * self.buffer_contexts
             acts = self._acts(begin, min(begin + self.buffer_contexts, self.n_contexts))
             order = torch.randperm(acts.shape[0], generator=torch.Generator().manual_seed(self.seed + c))
-            self._cache = (c, acts[order])
+            self._cache = (c, acts[order], order)
         return self._cache[1]
 
     def rows(self, step: int) -> torch.Tensor:
@@ -117,7 +119,9 @@ class LiveBatches:
         """This rank's part of a fixed sample of about `n` rows of the first buffer (as `GlobalBatches.sample`
         draws from its rows), float32 `[~n / world, d]`."""
         first = int(self.buffer_sizes[0])
-        rows = self._acts(0, min(self.buffer_contexts, self.n_contexts))
+        permuted = self._buffer(0)  # cached: batch 0 reads the same buffer, so the model runs over it once
+        rows = torch.empty_like(permuted)
+        rows[self._cache[2]] = permuted  # capture order again
         if n < first:
             picks = torch.randint(first, (n,), generator=torch.Generator().manual_seed(12345)).sort().values
         else:
