@@ -47,6 +47,9 @@ def explain_cmd(
     n_explain: Annotated[int, typer.Option(help="top examples shown to the explainer")] = 10,
     n_test: Annotated[int, typer.Option(help="activating (and as many non-activating) test examples")] = 10,
     per_prompt: Annotated[int, typer.Option(help="examples per scoring prompt")] = 5,
+    chunk: Annotated[
+        int, typer.Option(help="features scored between two writes of explanations.parquet")
+    ] = 32,
     context: Annotated[
         int | None,
         typer.Option(help="tokens each side of a test example's centre (default: the index's window)"),
@@ -89,7 +92,7 @@ def explain_cmd(
                         concurrency=concurrency, max_tokens=max_tokens)  # fmt: skip
         config = ExplainConfig(n_explain=n_explain, n_test=n_test, per_prompt=per_prompt, shuffled_baseline=baseline,
                                context=context, seed=seed, firing=firing, firing_q=firing_q,
-                               firing_dense=firing_dense, scorers=tuple(s.strip() for s in scorers.split(",")))  # fmt: skip
+                               firing_dense=firing_dense, chunk=chunk, scorers=tuple(s.strip() for s in scorers.split(",")))  # fmt: skip
         explain_index(opened, chosen, explanation_client(opened, llm), config, progress=progress)
     except USER_ERRORS as e:
         fail(e)
