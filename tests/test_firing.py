@@ -98,3 +98,19 @@ def test_resume_with_another_firing_definition_is_refused(toy_root, tmp_path):
     legacy.to_parquet(index.path / "explanations.parquet", index=False)
     with pytest.raises(ValueError, match="--firing relative"):
         explain_index(index, [3], client, ExplainConfig(**SMALL), False)
+
+
+def test_cli_refuses_another_firing_and_a_bad_one_clearly(toy_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    shutil.copytree(toy_root / "snmf-k16" / "index", tmp_path / "index")
+    index = FeatureIndex.open(tmp_path / "index")
+    client = PlantedClient(LLMConfig(url="http://127.0.0.1:9/v1", model="planted"))
+    explain_index(index, [0], client, ExplainConfig(**SMALL), False)  # default: auto
+    base = ["explain", str(index.path), "--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m"]
+    for extra, said in ((["--firing", "relative"], "--firing auto --firing-q 0.99 --firing-dense 0.1"),
+                        (["--firing", "median"], "valid: relative, quantile, auto")):  # fmt: skip
+        result = CliRunner().invoke(app, base + extra)
+        assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output
