@@ -41,6 +41,7 @@ class FeatureExamples:
     activating: list[Snippet]
     non_activating: list[Snippet]
     note: str  # where the activating test examples came from
+    firing: str = "relative"  # the firing rule applied to the feature (firing.py)
 
 
 def example_id(example: Example) -> str:
@@ -82,18 +83,22 @@ def band_examples(feature: Feature, n: int, skip: set[str]) -> list[Example]:
 def activating_examples(
     feature: Feature, n_explain: int, n_test: int
 ) -> tuple[list[Example], list[Example], str]:
-    """(explainer examples, activating test examples, note saying where the test examples came from)."""
+    """(explainer examples, activating test examples, note saying where the test examples came from).
+
+    Only examples above `feature.threshold` (the firing threshold: see firing.py) are activating."""
     explain = feature.top[:n_explain]
-    shown = {example_id(e) for e in explain}
+    shown = {example_id(e) for e in explain} | {
+        example_id(e) for _, _, ex in feature.bands for e in ex if e.value <= feature.threshold
+    }
     test = band_examples(feature, n_test, shown)
     if not any(ex for _, _, ex in feature.bands):
         return (
             explain,
-            feature.top[n_explain : n_explain + n_test],
+            [e for e in feature.top[n_explain:] if e.value > feature.threshold][:n_test],
             "top examples not shown (no quantile bands)",
         )
     if len(test) < n_test:  # few band examples: top up with unseen top examples
-        test += feature.top[n_explain : n_explain + n_test - len(test)]
+        test += [e for e in feature.top[n_explain:] if e.value > feature.threshold][: n_test - len(test)]
         return explain, test, "quantile bands and top examples not shown"
     return explain, test, "quantile bands"
 

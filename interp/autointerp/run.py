@@ -30,6 +30,7 @@ from interp.autointerp.examples import (
     pool_codes,
     snippet,
 )
+from interp.autointerp.firing import Firing
 from interp.autointerp.prompts import (
     DETECTION_ASK,
     DETECTION_SYSTEM,
@@ -66,13 +67,21 @@ class ExplainConfig:
     context: int | None = None  # tokens shown each side of a test example's centre (None: the index's window)
     pool: int = 0  # candidate non-activating windows (0: max(64, 8 * n_test))
     seed: int = 0
+    firing: str = "auto"  # when a feature fires (firing.py): relative | quantile | auto
+    firing_q: float = 0.99  # quantile: the share of index tokens at or below the firing threshold
+    firing_dense: float = 0.1  # auto: quantile for features denser than this at the index threshold
 
     def __post_init__(self) -> None:
+        Firing(self.firing, self.firing_q, self.firing_dense)  # checks the firing settings
         unknown = [s for s in self.scorers if s not in SCORERS]
         if unknown:
             raise ValueError(f"unknown scorer(s) {unknown}; valid: {', '.join(SCORERS)}")
         if min(self.n_explain, self.n_test, self.per_prompt, self.chunk) < 1:
             raise ValueError("n_explain, n_test, per_prompt and chunk must be at least 1")
+
+    @property
+    def firing_rule(self) -> Firing:
+        return Firing(self.firing, self.firing_q, self.firing_dense)
 
 
 @dataclass(frozen=True)
@@ -128,13 +137,14 @@ def gather(index: FeatureIndex, features: list[int], config: ExplainConfig) -> t
     non-activating examples were checked)."""
     pool = candidate_pool(index, config.pool or max(64, 8 * config.n_test), config.seed)
     encoder = load_encoder(index)
-    chosen, skipped = {}, []
+    chosen, skipped, rules = {}, [], {}
     for f in features:
         feature = index.feature(f)
         if feature.count == 0 or not feature.top:
             skipped.append(f)
-        else:
-            chosen[f] = feature
+        else:  # the feature with its firing threshold of this run's definition
+            rule, threshold = config.firing_rule.threshold(feature, index.manifest.n_tokens)
+            chosen[f], rules[f] = dataclasses.replace(feature, threshold=threshold), rule
     live = sorted(chosen)
     codes = pool_codes(encoder, pool, live, config.context) if encoder is not None and live else None
     out = {}
@@ -143,7 +153,7 @@ def gather(index: FeatureIndex, features: list[int], config: ExplainConfig) -> t
         explain, test, note = activating_examples(feature, config.n_explain, config.n_test)
         negatives = non_activating(feature, pool, codes, column, len(test), config.seed, config.context)
         activating = [snippet(e, context=config.context) for e in test][: len(negatives)]
-        fx = FeatureExamples(f, [snippet(e) for e in explain], activating, negatives, note)
+        fx = FeatureExamples(f, [snippet(e) for e in explain], activating, negatives, note, rules[f])
         out[f] = (feature, fx)
     return out, skipped, "verified" if codes is not None else "unverified"
 
@@ -155,11 +165,12 @@ def explain_index(index: str | Path | FeatureIndex, features: list[int], client:
     `client` should cache into `<index>/explanations.cache.jsonl` (`explanation_client` builds one)."""
     started = time.perf_counter()
     index = index if isinstance(index, FeatureIndex) else FeatureIndex.open(index)
+    refuse_other_firing(index.path, config)
     client.check()
     data, skipped, checked = gather(index, features, config)
     replies = client.map([explainer_messages(fx.explain, feat.max, feat.threshold) for feat, fx in data.values()],
                          desc="explain", progress=progress)  # fmt: skip
-    rows = {f: _row(f, fx, parse_explanation(reply), client) for (f, (_, fx)), reply
+    rows = {f: _row(f, feat, fx, parse_explanation(reply), client, config) for (f, (feat, fx)), reply
             in zip(data.items(), replies, strict=True)}  # fmt: skip
     _write(index.path, rows)
     explained = [f for f, row in rows.items() if row["explanation"]]
@@ -175,13 +186,34 @@ def explain_index(index: str | Path | FeatureIndex, features: list[int], client:
     return pd.DataFrame(list(rows.values()))
 
 
+def refuse_other_firing(folder: Path, config: ExplainConfig) -> None:
+    """Refuse to add to an explanations.parquet written under another firing definition (rows written before
+    firing was recorded used the index threshold: `--firing relative`)."""
+    import pandas as pd
+
+    path = folder / RESULTS
+    if not path.exists():
+        return
+    table = pd.read_parquet(path)
+    if not len(table):
+        return
+    old = set(table["firing_setting"]) if "firing_setting" in table else {"--firing relative"}
+    new = config.firing_rule.describe()
+    if old != {new}:
+        raise ValueError(
+            f"{path} holds explanations scored with {', '.join(sorted(old))}; this run asks {new}. Rerun with "
+            f"those options to resume, or delete {folder}/explanations.* to start over"
+        )
+
+
 def explanation_client(index: str | Path | FeatureIndex, llm: Any) -> LLMClient:
     """An `LLMClient` for `llm` (an LLMConfig) caching into the index folder."""
     path = index.path if isinstance(index, FeatureIndex) else FeatureIndex.open(index).path
     return LLMClient(llm, path / CACHE)
 
 
-def _row(f: int, fx: FeatureExamples, parsed: tuple[str, str], client: LLMClient) -> dict[str, Any]:
+def _row(f: int, feature: Feature, fx: FeatureExamples, parsed: tuple[str, str], client: LLMClient,
+         config: ExplainConfig) -> dict[str, Any]:  # fmt: skip
     explanation, status = parsed
     row: dict[str, Any] = {"feature": f, "explanation": explanation, "explanation_status": status,
                            "shuffled_from": -1, "n_malformed": int(status == "empty")}  # fmt: skip
@@ -190,7 +222,9 @@ def _row(f: int, fx: FeatureExamples, parsed: tuple[str, str], client: LLMClient
         row |= {f"{name}_{m}_shuffled": math.nan for m in scorer.headline}
     row |= {"explain_ids": [s.id for s in fx.explain], "activating_ids": [s.id for s in fx.activating],
             "non_activating_ids": [s.id for s in fx.non_activating], "examples_note": fx.note,
-            "llm_model": client.config.model, "prompt_version": PROMPT_VERSION}  # fmt: skip
+            "llm_model": client.config.model, "prompt_version": PROMPT_VERSION,
+            "firing_setting": config.firing_rule.describe(), "firing": fx.firing,
+            "firing_threshold": feature.threshold}  # fmt: skip
     return row
 
 

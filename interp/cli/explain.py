@@ -47,6 +47,9 @@ def explain_cmd(
     n_explain: Annotated[int, typer.Option(help="top examples shown to the explainer")] = 10,
     n_test: Annotated[int, typer.Option(help="activating (and as many non-activating) test examples")] = 10,
     per_prompt: Annotated[int, typer.Option(help="examples per scoring prompt")] = 5,
+    chunk: Annotated[
+        int, typer.Option(help="features scored between two writes of explanations.parquet")
+    ] = 32,
     context: Annotated[
         int | None,
         typer.Option(help="tokens each side of a test example's centre (default: the index's window)"),
@@ -59,6 +62,19 @@ def explain_cmd(
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
     retries: Annotated[int, typer.Option(help="retries of a failed request, with backoff")] = 3,
     max_tokens: Annotated[int, typer.Option(help="reply length limit")] = 256,
+    firing: Annotated[
+        str,
+        typer.Option(
+            help="when a feature fires: relative (the index's threshold) | quantile (its --firing-q "
+            "quantile over the index's tokens) | auto (quantile for features denser than --firing-dense)"
+        ),
+    ] = "auto",
+    firing_q: Annotated[
+        float, typer.Option(help="quantile: share of index tokens at or below the threshold")
+    ] = 0.99,
+    firing_dense: Annotated[
+        float, typer.Option(help="auto: density at the index threshold above which quantile is used")
+    ] = 0.1,
     seed: int = 0,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
@@ -75,7 +91,8 @@ def explain_cmd(
         llm = LLMConfig(url=llm_url, model=llm_model, key_env=llm_key_env, timeout=timeout, retries=retries,
                         concurrency=concurrency, max_tokens=max_tokens)  # fmt: skip
         config = ExplainConfig(n_explain=n_explain, n_test=n_test, per_prompt=per_prompt, shuffled_baseline=baseline,
-                               context=context, seed=seed, scorers=tuple(s.strip() for s in scorers.split(",")))  # fmt: skip
+                               context=context, seed=seed, firing=firing, firing_q=firing_q,
+                               firing_dense=firing_dense, chunk=chunk, scorers=tuple(s.strip() for s in scorers.split(",")))  # fmt: skip
         explain_index(opened, chosen, explanation_client(opened, llm), config, progress=progress)
     except USER_ERRORS as e:
         fail(e)
