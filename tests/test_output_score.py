@@ -3,10 +3,21 @@ and the score's formula on a hand-made distribution."""
 
 from __future__ import annotations
 
-import torch
+import dataclasses
+import json
 
+import pandas as pd
+import pytest
+import torch
+from fixed_decomposer import FixedConfig, FixedDirections
+
+from interp.decompose import base
+from interp.models import load_model
 from interp.models.sites import FAMILIES, get_module, parse_site
+from interp.steer.concepts import load_concepts
+from interp.steer.detection import auroc, text_activations
 from interp.steer.output_score import OutputScoreConfig, output_scores, rank_of, score_from_probs
+from interp.steer.run import SteerEvalConfig, SteerEvalError, run_steer_eval
 
 
 def test_score_formula_on_a_known_distribution():
@@ -39,3 +50,49 @@ def test_batched_scores_equal_one_feature_at_a_time(tiny_llama):
     alone = torch.cat([output_scores(tiny_llama, site, v[None], OutputScoreConfig(top=4)) for v in vectors])
     assert torch.allclose(batched, alone, atol=1e-6)
     assert not torch.allclose(batched, batched[:1].expand(5))  # the rows differ: each got its own vector
+
+
+@pytest.fixture
+def fixed_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(base.METHODS, "fixed", "fixed_decomposer:FixedDirections")
+    rows = [{"text": f"the {w} {w} is here and the {w} sat {i}", "concept": c}
+            for i in range(8) for c, w in (("cats", "cat"), ("dogs", "dog"))]  # fmt: skip
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    FixedDirections(FixedConfig(n_features=6, d_in=128)).save(tmp_path / "fixed")
+    return SteerEvalConfig(model="tiny-llama", site="1.mlp_hidden", decomposers=(str(tmp_path / "fixed"),),
+                           concepts=str(tmp_path / "c.jsonl"), methods=("features", "random"),
+                           kl_targets=(0.002,), signs=(1,), n_samples=1, max_new_tokens=2, device="cpu",
+                           embedding_judge=False, prompts=("The cat",), select_prompts=("Yesterday,",),
+                           judge="offline", selection=("detection", "output"), output_candidates=3)  # fmt: skip
+
+
+def test_steer_eval_reports_output_selection_beside_detection(tmp_path, fixed_run):
+    out = tmp_path / "out"
+    rows = run_steer_eval(fixed_run, out, progress=False)
+    assert {r["method"] for r in rows} == {"fixed", "fixed@output", "random"}
+    assert len(rows) == 2 * 3  # concepts x methods (one sign, one target)
+    scored = {
+        int(f): s for f, s in json.loads((out / "output_scores.json").read_text())["fixed@output"].items()
+    }
+    detection = pd.read_csv(out / "detection.csv")
+    concepts = load_concepts(fixed_run.concepts, fixed_run.per_concept, fixed_run.seed)
+    model = load_model("tiny-llama", device="cpu")
+    acts = text_activations(model, concepts.texts, parse_site("1.mlp_hidden", 2), fixed_run.max_len)
+    codes = acts.max_pool(FixedDirections.load(tmp_path / "fixed").encode(
+        acts.acts.reshape(-1, 128)).view(*acts.acts.shape[:2], -1))  # fmt: skip
+    train = torch.tensor(concepts.train)
+    for concept in ("cats", "dogs"):
+        positive = torch.tensor([c == concept for c in concepts.concepts])
+        candidates = auroc(codes[train], positive[train]).topk(3).indices.tolist()
+        assert set(candidates) <= set(scored)  # the candidates are the best 3 by train AUROC, all scored
+        chosen = detection.query("concept == @concept and method == 'fixed@output'")["feature"].item()
+        assert chosen == max(candidates, key=lambda f: scored[f])  # the highest output score among them
+    assert "fixed@output" in (out / "summary.md").read_text()
+
+
+def test_output_selection_needs_features(tmp_path, fixed_run):
+    with pytest.raises(SteerEvalError, match="add 'features' to --methods"):
+        run_steer_eval(dataclasses.replace(fixed_run, methods=("random",)), tmp_path / "o", progress=False)
+    with pytest.raises(SteerEvalError, match="unknown --selection"):
+        run_steer_eval(dataclasses.replace(fixed_run, selection=("input",)), tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()

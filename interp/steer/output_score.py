@@ -82,16 +82,20 @@ def output_scores(
 
 
 @torch.no_grad()
-def feature_output_scores(
-    model: LoadedModel, site: Site, decomposer, config: OutputScoreConfig = OutputScoreConfig()
+def feature_output_scores_of(
+    model: LoadedModel,
+    site: Site,
+    decomposer,
+    features: list[int] | None = None,
+    config: OutputScoreConfig = OutputScoreConfig(),
 ) -> torch.Tensor:
-    """Output score `[n_features]` of every feature of `decomposer` (fitted at `site`), at the paper's strength:
-    `amp` times the largest code at the neutral prompt's last position (1 when every code there is 0)."""
+    """Output score `[n]` of `features` of `decomposer` (fitted at `site`; None: every feature) at the paper's
+    strength: `amp` times the largest code at the neutral prompt's last position (1 when every code there is 0)."""
     prompt = torch.tensor(token_ids(model, [config.prompt]), device=model.device)
     last = backend_runner("torch")(model, prompt, [site])[site][0, -1].float()  # [d_in]
     held = decomposer.directions
-    codes = decomposer.encode(
-        last[None].to(held.device, held.dtype if held.is_floating_point() else torch.float32)
-    )
-    top_code = float(codes.max()) if float(codes.max()) > 0 else 1.0
-    return output_scores(model, site, config.amp * top_code * held.float(), config)
+    dtype = held.dtype if held.is_floating_point() else torch.float32
+    top_code = float(decomposer.encode(last[None].to(held.device, dtype)).max())
+    top_code = top_code if top_code > 0 else 1.0
+    rows = held if features is None else held[torch.tensor(features, dtype=torch.long, device=held.device)]
+    return output_scores(model, site, config.amp * top_code * rows.float(), config)
