@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -12,12 +13,14 @@ import torch
 from fixed_decomposer import FixedConfig, FixedDirections
 
 from interp.decompose import base
+from interp.features.reader import FeatureIndex
 from interp.models import load_model
 from interp.models.sites import FAMILIES, get_module, parse_site
 from interp.steer.concepts import load_concepts
 from interp.steer.detection import auroc, text_activations
+from interp.steer.feature_protocol import FeatureProtocolError
 from interp.steer.output_score import OutputScoreConfig, output_scores, rank_of, score_from_probs
-from interp.steer.run import SteerEvalConfig, SteerEvalError, run_steer_eval
+from interp.steer.run import BASELINES, SteerEvalConfig, SteerEvalError, run_steer_eval
 
 
 def test_score_formula_on_a_known_distribution():
@@ -96,3 +99,42 @@ def test_output_selection_needs_features(tmp_path, fixed_run):
     with pytest.raises(SteerEvalError, match="unknown --selection"):
         run_steer_eval(dataclasses.replace(fixed_run, selection=("input",)), tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def explained_run(tmp_path, tmp_path_factory):
+    from test_features import shared_toy_cache
+
+    folder = tmp_path / "topk-k32"
+    shutil.copytree(
+        shared_toy_cache(tmp_path_factory) / "decomposers" / "toy" / "1.mlp_hidden" / "topk-k32", folder
+    )
+    index = FeatureIndex.open(folder)
+    live = [f for f in range(index.n_features) if index.feature(f).count >= 4][:2]
+    config = SteerEvalConfig(model="tiny-llama", site="1.mlp_hidden", decomposers=(str(folder),),
+                             protocol="feature", features=tuple(live), methods=("features", *BASELINES),
+                             kl_targets=(0.002,), signs=(1,), n_samples=1, max_new_tokens=2, device="cpu",
+                             embedding_judge=False, prompts=("The cat",), select_prompts=("Yesterday,",),
+                             judge="offline", per_concept=4)  # fmt: skip
+    return folder, live, config
+
+
+def test_feature_protocol_steers_each_feature_toward_its_explanation(tmp_path, explained_run):
+    folder, live, config = explained_run
+    with pytest.raises(FeatureProtocolError, match="run `interp explain`"):
+        run_steer_eval(config, tmp_path / "o1", progress=False)
+    assert not (tmp_path / "o1").exists()
+    words = {live[0]: "planted: cats", live[1]: "planted: dogs"}
+    pd.DataFrame({"feature": live, "explanation": [words[f] for f in live]}).to_parquet(
+        folder / "index" / "explanations.parquet", index=False
+    )
+    rows = run_steer_eval(config, tmp_path / "o2", progress=False)
+    assert {(r["concept"], r["method"]) for r in rows} == {
+        (words[f], m) for f in live for m in ("topk-k32", *BASELINES)
+    }  # one row per feature and method: the feature itself, difference-in-means, random
+    detection = pd.read_csv(tmp_path / "o2" / "detection.csv")
+    own = detection[detection["method"] == "topk-k32"].set_index("concept")["feature"]
+    assert {words[f]: f for f in live} == own.to_dict()  # each concept steered with its own feature
+    other = next(f for f in range(32) if f not in live)
+    with pytest.raises(FeatureProtocolError, match=rf"feature\(s\) \[{other}\] have no explanation"):
+        run_steer_eval(dataclasses.replace(config, features=(other,)), tmp_path / "o3", progress=False)

@@ -91,6 +91,13 @@ def steer_eval_cmd(
     output_candidates: Annotated[
         int | None, typer.Option(help="features (best train AUROC) the output score chooses among")
     ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="concept | feature (steer --features toward their `interp explain` text)"),
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="feature protocol: comma-separated feature ids")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="results folder (default cache/steer/MODEL/SITE)")] = None,
 ) -> None:
     """Concept detection and steering of features vs difference-in-means and random directions; resumable."""
@@ -105,7 +112,8 @@ def steer_eval_cmd(
         "max_new_tokens": max_new_tokens, "per_concept": per_concept, "seed": seed, "device": device,
         "judge": judge, "steer_at": steer_at, "backend": backend, "n_random": n_random,
         "selection": None if selection is None else tuple(v.strip() for v in selection.split(",") if v.strip()),
-        "output_candidates": output_candidates,
+        "output_candidates": output_candidates, "protocol": protocol,
+        "features": None if features is None else tuple(int(v) for v in features.split(",") if v.strip()),
         "signs": None if signs is None else tuple(int(float(v)) for v in signs.split(",") if v.strip()),
     }  # fmt: skip
     try:

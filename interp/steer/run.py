@@ -41,6 +41,7 @@ from interp.steer.calibration import (
 )
 from interp.steer.concepts import ConceptError, load_concepts
 from interp.steer.detection import detect, text_activations
+from interp.steer.feature_protocol import NEUTRAL, feature_concepts, feature_directions
 from interp.steer.judges import ConceptClassifier, EmbeddingJudge
 from interp.steer.llm_judge import Complete, check_complete, complete_from_env
 from interp.steer.output_select import SUFFIX, output_method, select_by_output
@@ -51,7 +52,11 @@ from interp.steer.scoring import JUDGE_MODES, Judges, Texts
 BASELINES = ("diff_in_means", "random")
 SELECT_PROMPTS = ("Let me tell you about", "Yesterday,", "My favourite thing is", "Here is a short story:")
 SPLITS = ("select", "test")
-SELECTIONS = ("detection", "output")  # how a decomposer's feature is chosen per concept
+SELECTIONS = ("detection", "output")
+PROTOCOLS = (
+    "concept",
+    "feature",
+)  # concept: labelled concept sets; feature: explained features (SNMF paper)  # how a decomposer's feature is chosen per concept
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class SteerEvalConfig:
     n_random: int = 0  # random directions the random baseline is the best of (0: as many as features)
     selection: tuple[str, ...] = ("detection",)  # + "output": also NAME@output, chosen by output score
     output_candidates: int = 10  # features (best train AUROC) among which the output score chooses
+    protocol: str = "concept"  # concept | feature (steer --features toward their explanations)
+    features: tuple[int, ...] = ()  # feature protocol: the decomposer's features to steer
 
     def __post_init__(self) -> None:
         check_ranges(self, STEER_RANGES, SteerEvalError)
@@ -126,6 +133,13 @@ def _check_settings(config: SteerEvalConfig) -> None:
         raise SteerEvalError("give --kl-targets or --strengths")
     if not config.selection or set(config.selection) - set(SELECTIONS):
         raise SteerEvalError(f"unknown --selection {list(config.selection)}; valid: {', '.join(SELECTIONS)}")
+    if config.protocol not in PROTOCOLS:
+        raise SteerEvalError(f"unknown --protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if config.protocol == "feature" and (len(config.decomposers) != 1 or not config.features
+                                         or "output" in config.selection):  # fmt: skip
+        raise SteerEvalError(
+            "--protocol feature takes one --decomposer, --features F1,F2,... and no --selection output"
+        )
     if config.judge not in JUDGE_MODES:
         raise SteerEvalError(f"unknown judge {config.judge!r}; valid: {', '.join(JUDGE_MODES)}")
     if not config.signs or set(config.signs) - {1, -1}:
@@ -193,13 +207,37 @@ def run_steer_eval(
     random.seed(config.seed)
     model = load_model(config.model, device=config.device)
     site = parse_site(config.site, model.info.n_layers)
-    concepts = _concepts(config)
+    concepts, names = CONCEPTS[config.protocol](config)
     decomposers = _decomposers({m: f for m, f in methods.items() if not m.endswith(SUFFIX)}, site, model)
     method_kinds = {name: _decomposer_kind(folder) if folder else name for name, folder in methods.items()}
     kinds = steer_kinds(config.steer_at, method_kinds, model.info.family, site.kind)
     _record_config(out, config)  # only now: a run refused above leaves nothing behind
 
     text_acts = text_activations(model, concepts.texts, site, config.max_len)
+    detections, directions = DIRECTIONS[config.protocol](
+        config, model, site, concepts, text_acts, decomposers, out
+    )
+    _write_detection(out, detections)
+    placed = {(c, m): place(model, site, kinds[m], directions[c, m]) for c in names for m in methods}
+    scale = float(text_acts.acts[text_acts.mask].norm(dim=-1).mean())  # typical activation norm at the site
+    sweep = _Sweep.build(config, model, site, concepts, complete, out / "cells.jsonl")
+    unsteered = sweep.unsteered(names)
+    rows = sweep.run(placed, scale, progress)
+    sites = {m: placed[names[0], m][0].name for m in methods}
+    layout = Layout(
+        f"Steering evaluation: {config.model}, detection at {config.site}, concepts {config.concepts}",
+        names, [*methods, UNSTEERED], [m for m, folder in methods.items() if folder], sites,
+        (len(config.prompts), config.n_samples), config.judge,
+        f"{config.n_samples} samples x {len(config.prompts)} test prompts x {config.max_new_tokens} tokens per cell",
+    )  # fmt: skip
+    write_results(out, rows, unsteered, detections, layout)
+    return rows
+
+
+def _concept_directions(
+    config, model, site, concepts, text_acts, decomposers, out: Path
+) -> tuple[list, dict]:
+    """The concept protocol: detection chooses each method's direction (and the output score, when selected)."""
     n_random = config.n_random or max([d.n_features for d in decomposers.values()], default=1)
     detections, directions = detect(concepts, text_acts, decomposers, config.seed, n_random)
     if "output" in config.selection:
@@ -207,21 +245,25 @@ def run_steer_eval(
                                                 config.output_candidates)  # fmt: skip
         detections, directions = detections + rows, {**directions, **chosen}
         atomic_write_json(out / "output_scores.json", scored)
-    _write_detection(out, detections)
-    placed = {(c, m): place(model, site, kinds[m], directions[c, m]) for c in concepts.names for m in methods}
-    scale = float(text_acts.acts[text_acts.mask].norm(dim=-1).mean())  # typical activation norm at the site
-    sweep = _Sweep.build(config, model, site, concepts, complete, out / "cells.jsonl")
-    unsteered = sweep.unsteered(concepts.names)
-    rows = sweep.run(placed, scale, progress)
-    sites = {m: placed[concepts.names[0], m][0].name for m in methods}
-    layout = Layout(
-        f"Steering evaluation: {config.model}, detection at {config.site}, concepts {config.concepts}",
-        concepts.names, [*methods, UNSTEERED], [m for m, folder in methods.items() if folder], sites,
-        (len(config.prompts), config.n_samples), config.judge,
-        f"{config.n_samples} samples x {len(config.prompts)} test prompts x {config.max_new_tokens} tokens per cell",
-    )  # fmt: skip
-    write_results(out, rows, unsteered, detections, layout)
-    return rows
+    return detections, directions
+
+
+def _feature_directions(
+    config, model, site, concepts, text_acts, decomposers, out: Path
+) -> tuple[list, dict]:
+    """The feature protocol: each feature's own direction, with difference-in-means and random baselines."""
+    ((name, decomposer),) = decomposers.items()
+    return feature_directions(concepts, text_acts, decomposer, name, list(config.features), config.seed)
+
+
+def _feature_concepts(config: SteerEvalConfig):
+    concepts = feature_concepts(config.decomposers[0], list(config.features), config.per_concept, config.seed)
+    return concepts, [c for c in dict.fromkeys(concepts.concepts) if c != NEUTRAL]
+
+
+def _concept_set(config: SteerEvalConfig):
+    concepts = _concepts(config)
+    return concepts, concepts.names
 
 
 def _concepts(config: SteerEvalConfig):
@@ -231,6 +273,10 @@ def _concepts(config: SteerEvalConfig):
     if len(concepts.names) < 2:
         raise ConceptError("detection needs at least two concepts (each is scored against the others)")
     return concepts
+
+
+CONCEPTS = {"concept": _concept_set, "feature": _feature_concepts}
+DIRECTIONS = {"concept": _concept_directions, "feature": _feature_directions}
 
 
 def _decomposer_kind(folder: str) -> str:
