@@ -84,6 +84,20 @@ def steer_eval_cmd(
     n_random: Annotated[
         int | None, typer.Option(help="random directions the random baseline is the best of (0: matched)")
     ] = None,
+    selection: Annotated[
+        str | None,
+        typer.Option(help="detection | detection,output (also NAME@output: chosen by output score)"),
+    ] = None,
+    output_candidates: Annotated[
+        int | None, typer.Option(help="features (best train AUROC) the output score chooses among")
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="concept | feature (steer --features toward their `interp explain` text)"),
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="feature protocol: comma-separated feature ids")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="results folder (default cache/steer/MODEL/SITE)")] = None,
 ) -> None:
     """Concept detection and steering of features vs difference-in-means and random directions; resumable."""
@@ -97,6 +111,9 @@ def steer_eval_cmd(
         "kl_targets": _floats(kl_targets), "strengths": _floats(strengths), "n_samples": n_samples,
         "max_new_tokens": max_new_tokens, "per_concept": per_concept, "seed": seed, "device": device,
         "judge": judge, "steer_at": steer_at, "backend": backend, "n_random": n_random,
+        "selection": None if selection is None else tuple(v.strip() for v in selection.split(",") if v.strip()),
+        "output_candidates": output_candidates, "protocol": protocol,
+        "features": None if features is None else tuple(int(v) for v in features.split(",") if v.strip()),
         "signs": None if signs is None else tuple(int(float(v)) for v in signs.split(",") if v.strip()),
     }  # fmt: skip
     try:

@@ -7,6 +7,7 @@ prompts (the reported score). Every method steers where `--steer-at` puts it (in
 Output folder:
 - `config.json`: the run's settings (a rerun with other settings into the same folder is refused)
 - `detection.csv`: held-out AUROC per concept and method (features, difference-in-means, random, probe)
+- `output_scores.json` (with `--selection output`): the output score of each candidate feature per method
 - `cells.jsonl`: one line per finished cell, unsteered rows included (a rerun skips these: interrupted runs resume)
 - `results.parquet`, `results.csv`, `summary.md`, `score_vs_kl.html`, `best_scores.html`, `concept_vs_fluency.html`
 """
@@ -40,8 +41,10 @@ from interp.steer.calibration import (
 )
 from interp.steer.concepts import ConceptError, load_concepts
 from interp.steer.detection import detect, text_activations
+from interp.steer.feature_protocol import NEUTRAL, feature_concepts, feature_directions
 from interp.steer.judges import ConceptClassifier, EmbeddingJudge
 from interp.steer.llm_judge import Complete, check_complete, complete_from_env
+from interp.steer.output_select import SUFFIX, output_method, select_by_output
 from interp.steer.placement import place, steer_kinds
 from interp.steer.report import UNSTEERED, Layout, write_results
 from interp.steer.scoring import JUDGE_MODES, Judges, Texts
@@ -49,6 +52,11 @@ from interp.steer.scoring import JUDGE_MODES, Judges, Texts
 BASELINES = ("diff_in_means", "random")
 SELECT_PROMPTS = ("Let me tell you about", "Yesterday,", "My favourite thing is", "Here is a short story:")
 SPLITS = ("select", "test")
+SELECTIONS = ("detection", "output")
+PROTOCOLS = (
+    "concept",
+    "feature",
+)  # concept: labelled concept sets; feature: explained features (SNMF paper)  # how a decomposer's feature is chosen per concept
 
 
 @dataclass(frozen=True)
@@ -79,13 +87,18 @@ class SteerEvalConfig:
     steer_at: str = "paper"  # paper | site | mlp_hidden | mlp_out | resid, then METHOD=KIND items
     backend: str = "torch"  # torch | nnsight | transformer_lens
     n_random: int = 0  # random directions the random baseline is the best of (0: as many as features)
+    selection: tuple[str, ...] = ("detection",)  # + "output": also NAME@output, chosen by output score
+    output_candidates: int = 10  # features (best train AUROC) among which the output score chooses
+    protocol: str = "concept"  # concept | feature (steer --features toward their explanations)
+    features: tuple[int, ...] = ()  # feature protocol: the decomposer's features to steer
 
     def __post_init__(self) -> None:
         check_ranges(self, STEER_RANGES, SteerEvalError)
 
 
 STEER_RANGES = {"per_concept": ">= 1", "kl_targets": "> 0", "n_samples": ">= 1", "max_new_tokens": ">= 1",
-                "max_len": ">= 1", "top_k": ">= 1", "top_p": "in (0, 1]", "n_random": ">= 0"}  # fmt: skip
+                "max_len": ">= 1", "top_k": ">= 1", "top_p": "in (0, 1]", "n_random": ">= 0",
+                "output_candidates": ">= 1"}  # fmt: skip
 
 
 class SteerEvalError(ValueError):
@@ -105,6 +118,12 @@ def _method_names(config: SteerEvalConfig) -> dict[str, str]:
             )
         for folder in config.decomposers:
             names[Path(folder).name] = folder
+        if "output" in config.selection:
+            names.update({output_method(Path(folder).name): folder for folder in config.decomposers})
+    elif "output" in config.selection:
+        raise SteerEvalError(
+            "--selection output chooses among a decomposer's features: add 'features' to --methods"
+        )
     names.update({b: "" for b in BASELINES if b in config.methods})
     return names
 
@@ -112,6 +131,15 @@ def _method_names(config: SteerEvalConfig) -> dict[str, str]:
 def _check_settings(config: SteerEvalConfig) -> None:
     if not config.kl_targets and not config.strengths:
         raise SteerEvalError("give --kl-targets or --strengths")
+    if not config.selection or set(config.selection) - set(SELECTIONS):
+        raise SteerEvalError(f"unknown --selection {list(config.selection)}; valid: {', '.join(SELECTIONS)}")
+    if config.protocol not in PROTOCOLS:
+        raise SteerEvalError(f"unknown --protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if config.protocol == "feature" and (len(config.decomposers) != 1 or not config.features
+                                         or "output" in config.selection):  # fmt: skip
+        raise SteerEvalError(
+            "--protocol feature takes one --decomposer, --features F1,F2,... and no --selection output"
+        )
     if config.judge not in JUDGE_MODES:
         raise SteerEvalError(f"unknown judge {config.judge!r}; valid: {', '.join(JUDGE_MODES)}")
     if not config.signs or set(config.signs) - {1, -1}:
@@ -179,30 +207,63 @@ def run_steer_eval(
     random.seed(config.seed)
     model = load_model(config.model, device=config.device)
     site = parse_site(config.site, model.info.n_layers)
-    concepts = _concepts(config)
-    decomposers = _decomposers(methods, site, model)
+    concepts, names = CONCEPTS[config.protocol](config)
+    decomposers = _decomposers({m: f for m, f in methods.items() if not m.endswith(SUFFIX)}, site, model)
     method_kinds = {name: _decomposer_kind(folder) if folder else name for name, folder in methods.items()}
     kinds = steer_kinds(config.steer_at, method_kinds, model.info.family, site.kind)
     _record_config(out, config)  # only now: a run refused above leaves nothing behind
 
     text_acts = text_activations(model, concepts.texts, site, config.max_len)
-    n_random = config.n_random or max([d.n_features for d in decomposers.values()], default=1)
-    detections, directions = detect(concepts, text_acts, decomposers, config.seed, n_random)
+    detections, directions = DIRECTIONS[config.protocol](
+        config, model, site, concepts, text_acts, decomposers, out
+    )
     _write_detection(out, detections)
-    placed = {(c, m): place(model, site, kinds[m], directions[c, m]) for c in concepts.names for m in methods}
+    placed = {(c, m): place(model, site, kinds[m], directions[c, m]) for c in names for m in methods}
     scale = float(text_acts.acts[text_acts.mask].norm(dim=-1).mean())  # typical activation norm at the site
     sweep = _Sweep.build(config, model, site, concepts, complete, out / "cells.jsonl")
-    unsteered = sweep.unsteered(concepts.names)
+    unsteered = sweep.unsteered(names)
     rows = sweep.run(placed, scale, progress)
-    sites = {m: placed[concepts.names[0], m][0].name for m in methods}
+    sites = {m: placed[names[0], m][0].name for m in methods}
     layout = Layout(
         f"Steering evaluation: {config.model}, detection at {config.site}, concepts {config.concepts}",
-        concepts.names, [*methods, UNSTEERED], [m for m, folder in methods.items() if folder], sites,
+        names, [*methods, UNSTEERED], [m for m, folder in methods.items() if folder], sites,
         (len(config.prompts), config.n_samples), config.judge,
         f"{config.n_samples} samples x {len(config.prompts)} test prompts x {config.max_new_tokens} tokens per cell",
     )  # fmt: skip
     write_results(out, rows, unsteered, detections, layout)
     return rows
+
+
+def _concept_directions(
+    config, model, site, concepts, text_acts, decomposers, out: Path
+) -> tuple[list, dict]:
+    """The concept protocol: detection chooses each method's direction (and the output score, when selected)."""
+    n_random = config.n_random or max([d.n_features for d in decomposers.values()], default=1)
+    detections, directions = detect(concepts, text_acts, decomposers, config.seed, n_random)
+    if "output" in config.selection:
+        rows, chosen, scored = select_by_output(model, site, concepts, text_acts, decomposers,
+                                                config.output_candidates)  # fmt: skip
+        detections, directions = detections + rows, {**directions, **chosen}
+        atomic_write_json(out / "output_scores.json", scored)
+    return detections, directions
+
+
+def _feature_directions(
+    config, model, site, concepts, text_acts, decomposers, out: Path
+) -> tuple[list, dict]:
+    """The feature protocol: each feature's own direction, with difference-in-means and random baselines."""
+    ((name, decomposer),) = decomposers.items()
+    return feature_directions(concepts, text_acts, decomposer, name, list(config.features), config.seed)
+
+
+def _feature_concepts(config: SteerEvalConfig):
+    concepts = feature_concepts(config.decomposers[0], list(config.features), config.per_concept, config.seed)
+    return concepts, [c for c in dict.fromkeys(concepts.concepts) if c != NEUTRAL]
+
+
+def _concept_set(config: SteerEvalConfig):
+    concepts = _concepts(config)
+    return concepts, concepts.names
 
 
 def _concepts(config: SteerEvalConfig):
@@ -212,6 +273,10 @@ def _concepts(config: SteerEvalConfig):
     if len(concepts.names) < 2:
         raise ConceptError("detection needs at least two concepts (each is scored against the others)")
     return concepts
+
+
+CONCEPTS = {"concept": _concept_set, "feature": _feature_concepts}
+DIRECTIONS = {"concept": _concept_directions, "feature": _feature_directions}
 
 
 def _decomposer_kind(folder: str) -> str:
