@@ -79,8 +79,11 @@ def dense(t: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
 
 def save_result(path: Path, directions, codes, x_hat, rows_per_s: float) -> None:
     """One side's fitted dictionary on the eval rows: directions [m, d], codes [n_eval, m], x_hat [n_eval, d]."""
-    tensors = {"directions": directions.detach().float().cpu().contiguous(),
-               "x_hat": x_hat.detach().float().cpu().contiguous(), "rows_per_s": torch.tensor(rows_per_s)}
+    tensors = {
+        "directions": directions.detach().float().cpu().contiguous(),
+        "x_hat": x_hat.detach().float().cpu().contiguous(),
+        "rows_per_s": torch.tensor(rows_per_s),
+    }
     tensors.update({f"codes.{k}": v.cpu().contiguous() for k, v in sparse(codes.detach().cpu()).items()})
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
@@ -98,10 +101,18 @@ def batches(x: torch.Tensor, batch_size: int, seed: int):
 
 # ------------------------------------------------------------------------------------------ SAELens side
 def peer_model(p: dict):
-    from sae_lens.synthetic import (FoldedNormalMagnitudeConfig, HierarchyConfig, LinearMagnitudeConfig,
-                                    ZipfianFiringProbabilityConfig)  # fmt: skip
-    from sae_lens.synthetic.synthetic_model import (LowRankCorrelationConfig, OrthogonalizationConfig,
-                                                    SyntheticModel, SyntheticModelConfig)  # fmt: skip
+    from sae_lens.synthetic import (
+        FoldedNormalMagnitudeConfig,
+        HierarchyConfig,
+        LinearMagnitudeConfig,
+        ZipfianFiringProbabilityConfig,  # fmt: skip
+    )
+    from sae_lens.synthetic.synthetic_model import (
+        LowRankCorrelationConfig,
+        OrthogonalizationConfig,
+        SyntheticModel,  # fmt: skip
+        SyntheticModelConfig,
+    )
 
     cfg = SyntheticModelConfig(
         num_features=p["n_features"], hidden_dim=p["d"],
@@ -133,8 +144,12 @@ def peer_gen(p: dict, out: Path) -> None:
     train = torch.cat([model.sample(min(8192, p["n_train"] - s)).cpu() for s in range(0, p["n_train"], 8192)])
     xs, codes = zip(*(model.sample_with_features(min(8192, p["n_eval"] - s))
                       for s in range(0, p["n_eval"], 8192)), strict=True)  # fmt: skip
-    tensors = {"train": train.float(), "eval": torch.cat(xs).cpu().float(), "parent": parent,
-               "features": model.feature_dict.feature_vectors.detach().cpu().float().contiguous()}
+    tensors = {
+        "train": train.float(),
+        "eval": torch.cat(xs).cpu().float(),
+        "parent": parent,
+        "features": model.feature_dict.feature_vectors.detach().cpu().float().contiguous(),
+    }
     tensors.update({f"true.{k}": v for k, v in sparse(torch.cat(codes).cpu()).items()})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "data.safetensors"))
 
@@ -187,8 +202,11 @@ def peer_train(p: dict, out: Path, archs: list[str]) -> None:
 
 def peer_score(p: dict, out: Path) -> None:
     """SAELens' own evaluator on every result file (its F1 / MCC on the same codes)."""
-    from sae_lens.synthetic.evals import (ClassificationMetricsCalculator, feature_uniqueness,
-                                          mean_correlation_coefficient)  # fmt: skip
+    from sae_lens.synthetic.evals import (
+        ClassificationMetricsCalculator,
+        feature_uniqueness,
+        mean_correlation_coefficient,  # fmt: skip
+    )
 
     data = load_file(str(out / "data.safetensors"))
     true = dense(data, "true")
@@ -281,8 +299,16 @@ def interp_score(out: Path, archs: list[str]) -> list[dict]:
         for side in ("interp", "saelens"):
             t = load_file(str(out / f"{side}-{arch}.safetensors"))
             m = ground_truth_metrics(Precomputed(t), model, model.x.shape[0], batch_size=2048)
-            rows.append({"arch": arch, "side": side, **m, "saelens_f1": theirs[f"{side}-{arch}"]["f1"],
-                         "saelens_mcc": theirs[f"{side}-{arch}"]["mcc"], "rows_per_s": float(t["rows_per_s"])})
+            rows.append(
+                {
+                    "arch": arch,
+                    "side": side,
+                    **m,
+                    "saelens_f1": theirs[f"{side}-{arch}"]["f1"],
+                    "saelens_mcc": theirs[f"{side}-{arch}"]["mcc"],
+                    "rows_per_s": float(t["rows_per_s"]),
+                }
+            )
     return rows
 
 
@@ -307,7 +333,9 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--out", type=Path, required=True, help="run folder (rerun the same command to resume)")
-    ap.add_argument("--saelens-python", default="/tmp/peers/bin/python", help="python of a venv with sae-lens")
+    ap.add_argument(
+        "--saelens-python", default="/tmp/peers/bin/python", help="python of a venv with sae-lens"
+    )
     ap.add_argument("--archs", default=",".join(ARCHS), help=f"comma-separated, of {', '.join(ARCHS)}")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda for --preset full, else cpu)")
     args = ap.parse_args(argv)
@@ -315,7 +343,9 @@ def main(argv: list[str]) -> None:
     if bad := [a for a in archs if a not in ARCHS]:
         sys.exit(f"unknown architecture(s) {bad}; valid: {', '.join(ARCHS)}")
     if not Path(args.saelens_python).exists():
-        sys.exit(f"{args.saelens_python} not found; pass --saelens-python PATH (a python with sae-lens installed)")
+        sys.exit(
+            f"{args.saelens_python} not found; pass --saelens-python PATH (a python with sae-lens installed)"
+        )
     settings = {**PRESETS[args.preset], "device": args.device or ("cuda" if args.preset == "full" else "cpu")}
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "settings.json"
