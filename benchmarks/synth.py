@@ -38,7 +38,7 @@ PRESETS = {
              "batch_size": 256, "lr": 1e-3, "n_eval": 2048, "l1_coeff": 1.0, "l1_warmup_steps": 10, "seed": 0},
     "cpu": {"n_features": 1024, "d": 64, "n_roots": 8, "branching": 4, "depth": 3, "p_min": 2e-3, "p_max": 0.4,
             "zipf_exponent": 0.5, "correlation_rank": 8, "width": 256, "k": 6, "n_train": 50_000,
-            "n_steps": 1000, "batch_size": 512, "lr": 1e-3, "n_eval": 10_000, "l1_coeff": 5.0,
+            "n_steps": 400, "batch_size": 512, "lr": 1e-3, "n_eval": 10_000, "l1_coeff": 5.0,
             "l1_warmup_steps": 200, "seed": 0},
     "full": {"n_features": 16384, "d": 768, "n_roots": 128, "branching": 4, "depth": 3, "p_min": 5e-4,
              "p_max": 0.4, "zipf_exponent": 0.5, "correlation_rank": 25, "width": 4096, "k": 25,
