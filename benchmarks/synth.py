@@ -56,14 +56,15 @@ ARCHS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu
          "matryoshka": "matryoshka_batchtopk", "mpsae": "matching_pursuit"}  # fmt: skip
 """interp method -> SAELens architecture."""
 
-DIFFERENCES = """Still differs between the sides (same rows, steps, batch size, lr and scorer):
-- ReLU/L1: interp l1_coeff is its own scale (L0 not matched exactly); SAELens l1_coefficient = the same number
-  on its own loss (sum |f| * ||W_dec||); L0 reached is printed, compare F1 at the L0 each reaches.
-- JumpReLU: interp target_l0 = k; SAELens `quadratic` sparsity loss with target_l0 = k (GemmaScope 2 style).
-- lr schedule: SAELens constant lr (lr_end = lr); interp its own default schedule.
-- MP-SAE: SAELens max_iterations = k, residual_threshold 0; interp k steps.
-- Matryoshka widths: both width/16, /8, /4, /2, 1.
-- SAELens normalizes nothing (normalize_activations none); interp its own default."""
+DIFFERENCES = """Still differs between the sides (same rows, batches of the same size, steps, lr and scorers):
+- lr schedule: SAELens constant lr, no warm-up; interp 50 warm-up steps and a linear decay to 0 over the last 20%.
+- input scaling: interp scales rows to mean norm sqrt(d) for training (normalize=True); SAELens none.
+- ReLU/L1: the same l1 coefficient on each side's own loss (SAELens: sum |f| ||W_dec||); L0 is not matched, read
+  F1 at the L0 each reaches.
+- JumpReLU: interp target_l0 = k; SAELens its `quadratic` L0 loss with target_l0 = k (GemmaScope 2 style).
+- MP-SAE: both k pursuit steps (SAELens max_iterations = k, residual_threshold 0).
+- Matryoshka: both prefix widths width/16, /8, /4, /2, 1; SAELens without its matryoshka aux loss.
+- initialization and dead-latent handling: each library's own (SAELens decoder norm 0.1; interp AuxK)."""
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
