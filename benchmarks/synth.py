@@ -344,6 +344,9 @@ def main(argv: list[str]) -> None:
     )
     ap.add_argument("--archs", default=",".join(ARCHS), help=f"comma-separated, of {', '.join(ARCHS)}")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda for --preset full, else cpu)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="override a preset field"
+    )
     args = ap.parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     if bad := [a for a in archs if a not in ARCHS]:
@@ -352,7 +355,11 @@ def main(argv: list[str]) -> None:
         sys.exit(
             f"{args.saelens_python} not found; pass --saelens-python PATH (a python with sae-lens installed)"
         )
-    settings = {**PRESETS[args.preset], "device": args.device or ("cuda" if args.preset == "full" else "cpu")}
+    overrides = dict(item.partition("=")[::2] for item in args.set)
+    if bad := sorted(set(overrides) - set(PRESETS[args.preset])):
+        sys.exit(f"--set {bad}: no such preset field; valid: {', '.join(PRESETS[args.preset])}")
+    preset = {k: type(v)(overrides[k]) if k in overrides else v for k, v in PRESETS[args.preset].items()}
+    settings = {**preset, "device": args.device or ("cuda" if args.preset == "full" else "cpu")}
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "settings.json"
     if saved.exists() and (old := json.loads(saved.read_text())) != settings:
