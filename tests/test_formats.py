@@ -318,3 +318,83 @@ def test_gemma_scope_site_comes_from_the_release_folders(tmp_path):
     folder.mkdir(parents=True)
     shutil.copy(GEMMA / "params.npz", folder / "params.npz")
     assert read_dictionary(folder).site is None  # attention outputs: no interp site, so --site is asked for
+
+
+SPARSIFY_TC = GOLDEN / "sparsify_transcoders"
+
+
+@pytest.mark.parametrize("name", ["transcoder", "skip_transcoder"])
+def test_sparsify_transcoders_encode_and_predict_the_target_as_sparsify(name):
+    """sparsify's transcoders of hookpoint layers.6.mlp read 6.mlp_in and predict 6.mlp_out; codes and y_hat equal
+    sparsify's own (catches b_dec subtracted from the input as for its SAEs, a dropped W_skip x, the input mapped
+    to mlp_out as for an SAE of that hookpoint)."""
+    folder = SPARSIFY_TC / name / "layers.6.mlp"
+    assert detect_format(folder) == "sparsify"
+    tc = load_decomposer(folder)
+    want = expected(folder)
+    assert tc.method == name and tc.config.activation == "topk" and tc.config.k == 8
+    assert tc.d_in == 64 and tc.module.d_out == 64 and tc.config.target_site == "6.mlp_out"
+    assert read_dictionary(folder).site == "6.mlp_in"
+    codes = tc.encode(X)
+    assert torch.equal(codes > 0, want["codes"] > 0) and bool(((codes > 0).sum(1) == 8).all())
+    assert torch.allclose(codes, want["codes"], atol=ATOL, rtol=0), float((codes - want["codes"]).abs().max())
+    y_hat = tc.reconstruct_target(X)
+    assert torch.allclose(y_hat, want["recon"], atol=ATOL, rtol=0), float((y_hat - want["recon"]).abs().max())
+    skip_matters = not torch.allclose(tc.decode(codes), want["recon"], atol=1e-2)
+    assert skip_matters == (name == "skip_transcoder")  # the golden skip term is not negligible
+
+
+def test_sparsify_transcoder_converts_with_its_sites_and_block_hookpoints_map_to_the_residual(tmp_path):
+    source = SPARSIFY_TC / "skip_transcoder" / "layers.6.mlp"
+    _, imported = import_dictionary(source, tmp_path / "out", model_name="gpt2")
+    record = json.loads((tmp_path / "out" / IMPORT_FILE).read_text())
+    assert record["site"] == "6.mlp_in" and record["architecture"] == "skip_transcoder"
+    again = load_decomposer(tmp_path / "out")  # interp's own folder now
+    assert again.config.target_site == "6.mlp_out"
+    assert torch.allclose(again.reconstruct_target(X), expected(source)["recon"], atol=ATOL, rtol=0)
+    block = tmp_path / "model.layers.3"  # a transcoder of a whole block: its input and output
+    shutil.copytree(source, block)
+    imported = read_dictionary(block)
+    assert imported.site == "3.resid_pre" and imported.options["target_site"] == "3.resid_post"
+
+
+def test_sparsify_mlp_hookpoints_of_gemma_are_refused_naming_the_post_norm(tmp_path):
+    """Gemma 2 / 3 norm the MLP module's output before the residual add: no interp site holds that value."""
+    source = SPARSIFY_TC / "transcoder" / "layers.6.mlp"
+    for model in ("gemma-3-270m", "google/gemma-2-2b"):
+        with pytest.raises(
+            FormatError, match="before post_feedforward_layernorm, which is not an interp site"
+        ):
+            read_dictionary(source, model_name=model)
+    sae = tmp_path / "sae" / "layers.6.mlp"  # an SAE of that output is refused the same way
+    shutil.copytree(GOLDEN / "sparsify" / "layers.6", sae)
+    with pytest.raises(FormatError, match="post_feedforward_layernorm"):
+        read_dictionary(sae, model_name="gemma-3-270m")
+    assert read_dictionary(sae, model_name="gpt2").site == "6.mlp_out"
+    assert read_dictionary(GOLDEN / "sparsify" / "layers.6", model_name="gemma-3-270m").site == "6.resid_post"
+    result = CliRunner().invoke(
+        app, ["import", str(source), "--out", str(tmp_path / "o"), "--model", "gemma-3-270m"]
+    )
+    assert result.exit_code != 0 and "post_feedforward_layernorm" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+    from interp.store import ActivationStore, StoreManifest  # the model named by the store, when not given
+
+    store = ActivationStore.create(
+        tmp_path / "st", StoreManifest("gemma-3-270m", "6.mlp_in", 64, "float32", "x", 8, True)
+    )
+    ids = torch.arange(4)
+    store.append(torch.randn(4, 64), ids, ids, ids, context_end=1)
+    with pytest.raises(FormatError, match="post_feedforward_layernorm"):
+        import_dictionary(source, tmp_path / "o2", store=tmp_path / "st")
+
+
+def test_sparsify_skip_autoencoder_is_refused_with_what_is_read(tmp_path):
+    folder = tmp_path / "layers.6"
+    shutil.copytree(GOLDEN / "sparsify" / "layers.6", folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "skip_connection": True}))
+    with pytest.raises(FormatError, match="skip connections of transcoders"):
+        read_dictionary(folder)
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "multi_topk": True}))
+    with pytest.raises(FormatError, match="Multi-TopK"):
+        read_dictionary(folder)

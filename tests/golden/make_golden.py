@@ -149,6 +149,26 @@ def sparsify(out: Path, x: torch.Tensor) -> None:
     enc = sae.encode(x)
     codes = torch.zeros(N, D_SAE).scatter_(1, enc.top_indices, enc.top_acts)
     write_expected(folder, codes, sae.decode(enc.top_acts, enc.top_indices))
+    sparsify_transcoders(out.parent / "sparsify_transcoders", x)
+
+
+def sparsify_transcoders(out: Path, x: torch.Tensor) -> None:
+    """sparsify's transcoders (`transcode=True`, with and without `skip_connection`) of the hookpoint layers.6.mlp
+    (the MLP module's input -> its output; d_in = d_out = 64 in sparsify); `recon` is sparsify's own forward
+    (`sae_out`: decoded top-k codes plus x W_skip^T), the prediction of the target."""
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    for seed, (name, skip) in enumerate({"transcoder": False, "skip_transcoder": True}.items(), start=45):
+        sae = SparseCoder(
+            D_IN, SparseCoderConfig(num_latents=D_SAE, k=8, transcode=True, skip_connection=skip)
+        )
+        randomize(sae, seed)
+        folder = out / name / "layers.6.mlp"
+        sae.save_to_disk(folder)
+        with torch.no_grad():
+            enc = sae.encode(x)
+            codes = torch.zeros(N, D_SAE).scatter_(1, enc.top_indices, enc.top_acts)
+            write_expected(folder, codes, sae(x).sae_out)
 
 
 def dictionary_learning(out: Path, x: torch.Tensor) -> None:

@@ -52,7 +52,10 @@ FORMATS: dict[str, Format] = {
     "gemma_scope": Format(_detector("gemma_scope", "is_gemma_scope"), _reader("gemma_scope", "read_gemma_scope"),
                           "params.npz"),
 }  # fmt: skip
-FLAGS_READ = {"gemma_scope": ("model_name", "site")}  # the formats whose files lack the metadata
+FLAGS_READ = {
+    "gemma_scope": ("model_name", "site"),
+    "sparsify": ("model_name",),
+}  # files lacking the metadata
 
 
 def detect_format(path: str | Path) -> str | None:
@@ -93,14 +96,15 @@ def import_dictionary(
     from interp.models.sites import parse_site, site_of_hook
     from interp.store import ActivationStore
 
-    imported = read_dictionary(source, format, model_name=model_name, site=site)
+    opened = ActivationStore.open(store) if store is not None else None
+    known_model = model_name or (opened.manifest.model if opened is not None else "")
+    imported = read_dictionary(source, format, model_name=known_model, site=site)
     changes: dict[str, Any] = {"model_name": model_name} if model_name else {}
     if site:
         changes["site"] = parse_site(site).name
     elif imported.site is None:
         site_of_hook(imported.hook_name or "(none)")  # raises, naming the hook and the --site fix
     imported = replace(imported, **changes)
-    opened = ActivationStore.open(store) if store is not None else None
     if opened is not None:
         if opened.manifest.d != imported.d_in:
             raise FormatError(
