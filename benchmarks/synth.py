@@ -51,13 +51,19 @@ PRESETS = {
              "l1_coeff": 5.0, "l1_warmup_steps": 1000, "l0_coeff": 1.0, "seed": 0,
              "data_seed": 42},
 }  # fmt: skip
-PRESETS["cpu-long"] = {**PRESETS["cpu"], "n_steps": 2000, "l1_warmup_steps": 500}
-SEARCH = {"search_probes": 4, "search_factor": 4.0, "search_tolerance": 0.15,
+SEARCH = {"search_probes": 5, "search_factor": 4.0, "search_tolerance": 0.15,
           "saelens_normalize": "expected_average_only_in",
           "saelens_init_threshold": 0.01}  # fmt: skip
 """Every preset: the L0 search of ReLU / JumpReLU (benchmarks/synth_search.py) and SAELens' input scaling
 (expected_average_only_in: rows scaled to mean norm sqrt(d), as interp's normalize=True; `none` to turn off)."""
 PRESETS = {name: {**preset, **SEARCH} for name, preset in PRESETS.items()}
+PRESETS["cpu-long"] = {
+    **PRESETS["cpu"],
+    "n_steps": 2000,
+    "l1_warmup_steps": 500,
+    "saelens_init_threshold": 0.5,
+}
+"""cpu x 5 steps (~20 min on 2 busy cores); SAELens' JumpReLU search starts where the cpu preset's ended."""
 """Data (interp's SyntheticConfig defaults, which follow SynthSAEBench-16k) and the shared training budget. The
 data has its own seed: with one seed for both, torch's global stream gives an SAE initialized by randn([m, d]) the
 first m true features as its decoder (interp's SAEs then score MCC ~0.98 before training)."""

@@ -21,7 +21,8 @@ def _search():
 
 
 class _FakeFit:
-    """Codes with round(scale / coeff) active latents per row (capped at m): L0 falls as the coefficient grows."""
+    """Codes with scale / coeff active latents per row on average (rows get its floor or ceiling; capped at m):
+    L0 falls as the coefficient grows."""
 
     def __init__(self, field: str, scale: float, n: int = 50, m: int = 400, d: int = 4):
         self.field, self.scale, self.n, self.m, self.d, self.calls = field, scale, n, m, d, []
@@ -29,14 +30,14 @@ class _FakeFit:
     def __call__(self, arch: str, p: dict):
         coeff = p[self.field]
         self.calls.append(coeff)
-        active = min(self.m, round(self.scale / coeff))
-        codes = torch.zeros(self.n, self.m)
-        codes[:, :active] = 1.0
+        mean = min(self.m, self.scale / coeff)
+        active = (mean + torch.arange(self.n) / self.n).floor().long()  # mean over rows = mean (to 1 / n)
+        codes = (torch.arange(self.m)[None] < active[:, None]).float()
         return torch.randn(self.m, self.d), codes, torch.zeros(self.n, self.d), 1.0
 
 
 def _settings(**kw):
-    return {"k": 6, "search_probes": 5, "search_factor": 4.0, "search_tolerance": 0.15, "l1_coeff": 1.0,
+    return {"k": 6, "search_probes": 6, "search_factor": 4.0, "search_tolerance": 0.15, "l1_coeff": 1.0,
             "l0_coeff": 1.0, "saelens_init_threshold": 0.01, **kw}  # fmt: skip
 
 
@@ -52,7 +53,7 @@ def test_search_lands_near_target_and_resumes(tmp_path, scale):
         l0s, key=lambda v: abs(math.log(max(v, 1e-3) / 6))
     )  # the nearest probe is kept
     assert s.result_l0(tmp_path / "interp-relu.safetensors") == summary["l0"]
-    assert len(fit.calls) == len(summary["probes"]) <= 5
+    assert len(fit.calls) == len(summary["probes"]) <= 6
     (tmp_path / "interp-relu.safetensors").unlink()  # killed before the copy: probes are reused
     again = _FakeFit("l1_coeff", scale)
     s.fit_searched("interp", "relu", _settings(), tmp_path, again)
@@ -71,9 +72,10 @@ def test_side_field_and_unsearched_arch(tmp_path):
     assert once.calls == [1.0] and not (tmp_path / "interp-topk.search.json").exists()
 
 
-def test_next_coefficient_interpolates_in_log_space():
+def test_next_coefficient_bisects_in_log_space():
     s = _search()
     assert s.next_coefficient([(1.0, 60.0)], 6, 4.0) == 4.0
     assert s.next_coefficient([(1.0, 1.0)], 6, 4.0) == 0.25
-    # L0 = 60 / c: log-log interpolation between the bracket (1, 60) and (100, 0.6) is exact
-    assert s.next_coefficient([(1.0, 60.0), (100.0, 0.6)], 6, 4.0) == pytest.approx(10.0)
+    # the nearest bracket, not the first: (4, 30) and (16, 2)
+    tried = [(1.0, 60.0), (4.0, 30.0), (64.0, 0.5), (16.0, 2.0)]
+    assert s.next_coefficient(tried, 6, 4.0) == pytest.approx(8.0)
