@@ -53,9 +53,11 @@ PRESETS = {
 }  # fmt: skip
 SEARCH = {"search_probes": 5, "search_factor": 4.0, "search_tolerance": 0.15,
           "saelens_normalize": "expected_average_only_in",
-          "saelens_init_threshold": 0.01}  # fmt: skip
+          "saelens_init_threshold": 0.01, "interp_encoder_init": 0.1}  # fmt: skip
 """Every preset: the L0 search of ReLU / JumpReLU (benchmarks/synth_search.py) and SAELens' input scaling
-(expected_average_only_in: rows scaled to mean norm sqrt(d), as interp's normalize=True; `none` to turn off)."""
+(expected_average_only_in: rows scaled to mean norm sqrt(d), as interp's normalize=True; `none` to turn off);
+interp's ReLU / JumpReLU encoder starts at 0.1 W_dec^T as SAELens' (SAEConfig.encoder_init_scale; 1 for TopK
+and the BatchTopK family, where 0.1 scored lower)."""
 PRESETS = {name: {**preset, **SEARCH} for name, preset in PRESETS.items()}
 PRESETS["cpu-long"] = {
     **PRESETS["cpu"],
@@ -81,7 +83,8 @@ DIFFERENCES = """Still differs between the sides (same rows, batches of the same
   `quadratic` L0 loss with target_l0 = k); the probes are printed and in <side>-<arch>.search.json.
 - MP-SAE: both k pursuit steps (SAELens max_iterations = k, residual_threshold 0).
 - Matryoshka: both prefix widths width/16, /8, /4, /2, 1; SAELens without its matryoshka aux loss.
-- initialization and dead-latent handling: each library's own (SAELens decoder norm 0.1; interp AuxK)."""
+- initialization and dead-latent handling: each library's own (SAELens decoder norm 0.1, W_enc = W_dec^T;
+  interp unit decoder rows, W_enc = 0.1 W_dec^T for ReLU / JumpReLU, W_dec^T otherwise; interp AuxK)."""
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
@@ -269,8 +272,9 @@ def interp_fit(arch: str, p: dict, data: dict[str, torch.Tensor]):
     from interp.decompose import method_class
     from interp.evaluate.bench import BenchPreset, method_config
 
-    options = {"relu": {"l1_coeff": p["l1_coeff"], "l1_warmup_steps": p["l1_warmup_steps"]},
-               "jumprelu": {"target_l0": p["k"], "l0_coeff": p["l0_coeff"]}, "mpsae": {"lr": p["lr"]}}  # fmt: skip
+    init = {"encoder_init_scale": p["interp_encoder_init"]}
+    options = {"relu": {"l1_coeff": p["l1_coeff"], "l1_warmup_steps": p["l1_warmup_steps"], **init},
+               "jumprelu": {"target_l0": p["k"], "l0_coeff": p["l0_coeff"], **init}, "mpsae": {"lr": p["lr"]}}  # fmt: skip
     preset = BenchPreset(width=p["width"], k=p["k"], n_steps=p["n_steps"], batch_size=p["batch_size"],
                          lr=p["lr"], seed=p["seed"], method_options=options)  # fmt: skip
     torch.manual_seed(p["seed"])
