@@ -32,22 +32,40 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synth_search import dense, fit_searched, save_result, sparse  # noqa: E402, F401 (save_result: tests)
+
 PRESETS = {
     "tiny": {"n_features": 256, "d": 32, "n_roots": 4, "branching": 3, "depth": 2, "p_min": 5e-3, "p_max": 0.4,
              "zipf_exponent": 0.5, "correlation_rank": 4, "width": 64, "k": 6, "n_train": 8192, "n_steps": 60,
-             "batch_size": 256, "lr": 1e-3, "n_eval": 2048, "l1_coeff": 1.0, "l1_warmup_steps": 10, "seed": 0,
+             "batch_size": 256, "lr": 1e-3, "n_eval": 2048, "l1_coeff": 1.0, "l1_warmup_steps": 10, "l0_coeff": 1.0, "seed": 0,
              "data_seed": 42},
     "cpu": {"n_features": 1024, "d": 64, "n_roots": 8, "branching": 4, "depth": 3, "p_min": 2e-3, "p_max": 0.4,
             "zipf_exponent": 0.5, "correlation_rank": 8, "width": 256, "k": 6, "n_train": 50_000,
             "n_steps": 400, "batch_size": 512, "lr": 1e-3, "n_eval": 10_000, "l1_coeff": 5.0,
-            "l1_warmup_steps": 200, "seed": 0,
+            "l1_warmup_steps": 200, "l0_coeff": 1.0, "seed": 0,
              "data_seed": 42},
     "full": {"n_features": 16384, "d": 768, "n_roots": 128, "branching": 4, "depth": 3, "p_min": 5e-4,
              "p_max": 0.4, "zipf_exponent": 0.5, "correlation_rank": 25, "width": 4096, "k": 25,
              "n_train": 2_000_000, "n_steps": 30_000, "batch_size": 1024, "lr": 3e-4, "n_eval": 100_000,
-             "l1_coeff": 5.0, "l1_warmup_steps": 1000, "seed": 0,
+             "l1_coeff": 5.0, "l1_warmup_steps": 1000, "l0_coeff": 1.0, "seed": 0,
              "data_seed": 42},
 }  # fmt: skip
+SEARCH = {"search_probes": 5, "search_factor": 4.0, "search_tolerance": 0.15,
+          "saelens_normalize": "expected_average_only_in",
+          "saelens_init_threshold": 0.01, "interp_encoder_init": 0.1}  # fmt: skip
+"""Every preset: the L0 search of ReLU / JumpReLU (benchmarks/synth_search.py) and SAELens' input scaling
+(expected_average_only_in: rows scaled to mean norm sqrt(d), as interp's normalize=True; `none` to turn off);
+interp's ReLU / JumpReLU encoder starts at 0.1 W_dec^T as SAELens' (SAEConfig.encoder_init_scale; 1 for TopK
+and the BatchTopK family, where 0.1 scored lower)."""
+PRESETS = {name: {**preset, **SEARCH} for name, preset in PRESETS.items()}
+PRESETS["cpu-long"] = {
+    **PRESETS["cpu"],
+    "n_steps": 2000,
+    "l1_warmup_steps": 500,
+    "saelens_init_threshold": 0.5,
+}
+"""cpu x 5 steps (~20 min on 2 busy cores); SAELens' JumpReLU search starts where the cpu preset's ended."""
 """Data (interp's SyntheticConfig defaults, which follow SynthSAEBench-16k) and the shared training budget. The
 data has its own seed: with one seed for both, torch's global stream gives an SAE initialized by randn([m, d]) the
 first m true features as its decoder (interp's SAEs then score MCC ~0.98 before training)."""
@@ -58,44 +76,18 @@ ARCHS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu
 
 DIFFERENCES = """Still differs between the sides (same rows, batches of the same size, steps, lr and scorers):
 - lr schedule: SAELens constant lr, no warm-up; interp 50 warm-up steps and a linear decay to 0 over the last 20%.
-- input scaling: interp scales rows to mean norm sqrt(d) for training (normalize=True); SAELens none.
-- ReLU/L1: the same l1 coefficient on each side's own loss (SAELens: sum |f| ||W_dec||); L0 is not matched, read
-  F1 at the L0 each reaches.
-- JumpReLU: interp target_l0 = k; SAELens its `quadratic` L0 loss with target_l0 = k (GemmaScope 2 style).
+- input scaling: both scale rows to mean norm sqrt(d) for training (interp normalize=True; SAELens
+  normalize_activations=expected_average_only_in, its estimate from 100 batches), unless saelens_normalize=none.
+- ReLU/L1 and JumpReLU: L0 matched per side by a search over the side's own coefficient (l1_coeff: SAELens
+  l1_coefficient, sum |f| ||W_dec||; l0_coeff: interp target_l0 = k with its quadratic miss, SAELens its
+  `quadratic` L0 loss with target_l0 = k); the probes are printed and in <side>-<arch>.search.json.
 - MP-SAE: both k pursuit steps (SAELens max_iterations = k, residual_threshold 0).
 - Matryoshka: both prefix widths width/16, /8, /4, /2, 1; SAELens without its matryoshka aux loss.
-- initialization and dead-latent handling: each library's own (SAELens decoder norm 0.1; interp AuxK)."""
+- initialization and dead-latent handling: each library's own (SAELens decoder norm 0.1, W_enc = W_dec^T;
+  interp unit decoder rows, W_enc = 0.1 W_dec^T for ReLU / JumpReLU, W_dec^T otherwise; interp AuxK)."""
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
-def sparse(codes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Codes `[n, m]` as COO tensors (rows, cols int64; vals float32) plus the shape."""
-    rows, cols = codes.nonzero(as_tuple=True)
-    return {"rows": rows, "cols": cols, "vals": codes[rows, cols].float(),
-            "shape": torch.tensor(list(codes.shape))}  # fmt: skip
-
-
-def dense(t: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
-    """Inverse of `sparse` for the keys `prefix.rows` etc."""
-    n, m = (int(v) for v in t[f"{prefix}.shape"])
-    out = torch.zeros(n, m)
-    out[t[f"{prefix}.rows"], t[f"{prefix}.cols"]] = t[f"{prefix}.vals"]
-    return out
-
-
-def save_result(path: Path, directions, codes, x_hat, rows_per_s: float) -> None:
-    """One side's fitted dictionary on the eval rows: directions [m, d], codes [n_eval, m], x_hat [n_eval, d]."""
-    tensors = {
-        "directions": directions.detach().float().cpu().contiguous(),
-        "x_hat": x_hat.detach().float().cpu().contiguous(),
-        "rows_per_s": torch.tensor(rows_per_s),
-    }
-    tensors.update({f"codes.{k}": v.cpu().contiguous() for k, v in sparse(codes.detach().cpu()).items()})
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
-
-
 def batches(x: torch.Tensor, batch_size: int, seed: int):
     """Endless shuffled batches of the rows of `x` (epochs over them)."""
     gen = torch.Generator().manual_seed(seed)
@@ -166,44 +158,50 @@ def peer_sae_config(arch: str, p: dict):
     w, k = p["width"], p["k"]
     own = {"standard": {"l1_coefficient": p["l1_coeff"], "l1_warm_up_steps": p["l1_warmup_steps"]},
            "topk": {"k": k}, "batchtopk": {"k": k},
-           "jumprelu": {"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": k},
+           "jumprelu": {"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": k, "l0_coefficient": p["l0_coeff"],
+                        "jumprelu_init_threshold": p["saelens_init_threshold"]},
            "matryoshka_batchtopk": {"k": k, "matryoshka_widths": [w >> s for s in (4, 3, 2, 1, 0) if w >> s]},
            "matching_pursuit": {"max_iterations": k, "residual_threshold": 0.0}}[arch]  # fmt: skip
     config_class = get_sae_training_class(arch)[1]
-    return get_sae_training_class(arch)[0](config_class(d_in=p["d"], d_sae=w, device=p["device"], **own))
+    cfg = config_class(
+        d_in=p["d"], d_sae=w, device=p["device"], normalize_activations=p["saelens_normalize"], **own
+    )
+    return get_sae_training_class(arch)[0](cfg)
 
 
-def peer_train(p: dict, out: Path, archs: list[str]) -> None:
+def peer_fit(arch: str, p: dict, data: dict[str, torch.Tensor]):
+    """One SAELens architecture trained by its SAETrainer: (directions, eval codes, eval x_hat, rows/s)."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
+    torch.manual_seed(p["seed"])
+    sae = peer_sae_config(ARCHS[arch], p)
+    cfg = SAETrainerConfig(
+        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        total_training_samples=p["n_steps"] * p["batch_size"], device=p["device"], autocast=False,
+        lr=p["lr"], lr_end=p["lr"], lr_scheduler_name="constant", lr_warm_up_steps=0, adam_beta1=0.9,
+        adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=p["batch_size"],
+        dead_feature_window=1000, feature_sampling_window=2000,
+        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
+        n_batches_for_norm_estimate=100,
+    )  # fmt: skip
+    rows = (b.to(p["device"]) for b in batches(data["train"], p["batch_size"], p["seed"]))
+    start = time.perf_counter()
+    sae = SAETrainer(cfg=cfg, sae=sae, data_provider=rows, save_checkpoint_fn=lambda *a, **k: None).fit()
+    rate = p["n_steps"] * p["batch_size"] / (time.perf_counter() - start)
+    sae.eval()
+    with torch.no_grad():
+        x = data["eval"].to(p["device"])
+        codes = torch.cat([sae.encode(c) for c in x.split(4096)])
+        x_hat = torch.cat([sae.decode(c) for c in codes.split(4096)])
+    print(f"saelens {arch}: {rate:.0f} rows/s", flush=True)
+    return sae.W_dec, codes, x_hat, rate
+
+
+def peer_train(p: dict, out: Path, archs: list[str]) -> None:
     data = load_file(str(out / "data.safetensors"))
     for arch in archs:
-        path = out / f"saelens-{arch}.safetensors"
-        if path.exists():
-            continue
-        torch.manual_seed(p["seed"])
-        sae = peer_sae_config(ARCHS[arch], p)
-        cfg = SAETrainerConfig(
-            n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
-            total_training_samples=p["n_steps"] * p["batch_size"], device=p["device"], autocast=False,
-            lr=p["lr"], lr_end=p["lr"], lr_scheduler_name="constant", lr_warm_up_steps=0, adam_beta1=0.9,
-            adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1, train_batch_size_samples=p["batch_size"],
-            dead_feature_window=1000, feature_sampling_window=2000,
-            logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
-            n_batches_for_norm_estimate=100,
-        )  # fmt: skip
-        rows = (b.to(p["device"]) for b in batches(data["train"], p["batch_size"], p["seed"]))
-        start = time.perf_counter()
-        sae = SAETrainer(cfg=cfg, sae=sae, data_provider=rows, save_checkpoint_fn=lambda *a, **k: None).fit()
-        rate = p["n_steps"] * p["batch_size"] / (time.perf_counter() - start)
-        sae.eval()
-        with torch.no_grad():
-            x = data["eval"].to(p["device"])
-            codes = torch.cat([sae.encode(c) for c in x.split(4096)])
-            x_hat = torch.cat([sae.decode(c) for c in codes.split(4096)])
-        save_result(path, sae.W_dec, codes, x_hat, rate)
-        print(f"saelens {arch}: {rate:.0f} rows/s", flush=True)
+        fit_searched("saelens", arch, p, out, lambda a, q: peer_fit(a, q, data))
 
 
 def peer_score(p: dict, out: Path) -> None:
@@ -217,7 +215,7 @@ def peer_score(p: dict, out: Path) -> None:
     data = load_file(str(out / "data.safetensors"))
     true = dense(data, "true")
     scores = {}
-    for path in sorted(out.glob("*-*.safetensors")):
+    for path in sorted(out.glob("*-*.safetensors")):  # the results, not probes/
         t = load_file(str(path))
         calc = ClassificationMetricsCalculator(t["directions"], data["features"])
         calc.add_batch(dense(t, "codes"), true)
@@ -269,30 +267,33 @@ class Precomputed:
         return self.x_hat[self.at - codes.shape[0] : self.at]
 
 
-def interp_train(p: dict, out: Path, archs: list[str]) -> None:
+def interp_fit(arch: str, p: dict, data: dict[str, torch.Tensor]):
+    """One interp method trained by its own fit: (directions, eval codes, eval x_hat, rows/s)."""
     from interp.decompose import method_class
     from interp.evaluate.bench import BenchPreset, method_config
 
-    options = {"relu": {"l1_coeff": p["l1_coeff"], "l1_warmup_steps": p["l1_warmup_steps"]},
-               "jumprelu": {"target_l0": p["k"], "l0_coeff": 1.0}, "mpsae": {"lr": p["lr"]}}  # fmt: skip
+    init = {"encoder_init_scale": p["interp_encoder_init"]}
+    options = {"relu": {"l1_coeff": p["l1_coeff"], "l1_warmup_steps": p["l1_warmup_steps"], **init},
+               "jumprelu": {"target_l0": p["k"], "l0_coeff": p["l0_coeff"], **init}, "mpsae": {"lr": p["lr"]}}  # fmt: skip
     preset = BenchPreset(width=p["width"], k=p["k"], n_steps=p["n_steps"], batch_size=p["batch_size"],
                          lr=p["lr"], seed=p["seed"], method_options=options)  # fmt: skip
+    torch.manual_seed(p["seed"])
+    config = method_config(arch, preset, p["d"], p["device"])
+    start = time.perf_counter()
+    model = method_class(arch)(config).fit(data["train"].to(p["device"]), progress=True)
+    rate = p["n_steps"] * p["batch_size"] / (time.perf_counter() - start)
+    with torch.no_grad():
+        x = data["eval"].to(p["device"])
+        codes = torch.cat([model.encode(c) for c in x.split(4096)])
+        x_hat = torch.cat([model.decode(c) for c in codes.split(4096)])
+    print(f"interp {arch}: {rate:.0f} rows/s", flush=True)
+    return model.directions, codes, x_hat, rate
+
+
+def interp_train(p: dict, out: Path, archs: list[str]) -> None:
     data = load_file(str(out / "data.safetensors"))
     for arch in archs:
-        path = out / f"interp-{arch}.safetensors"
-        if path.exists():
-            continue
-        torch.manual_seed(p["seed"])
-        config = method_config(arch, preset, p["d"], p["device"])
-        start = time.perf_counter()
-        model = method_class(arch)(config).fit(data["train"].to(p["device"]), progress=True)
-        rate = p["n_steps"] * p["batch_size"] / (time.perf_counter() - start)
-        with torch.no_grad():
-            x = data["eval"].to(p["device"])
-            codes = torch.cat([model.encode(c) for c in x.split(4096)])
-            x_hat = torch.cat([model.decode(c) for c in codes.split(4096)])
-        save_result(path, model.directions, codes, x_hat, rate)
-        print(f"interp {arch}: {rate:.0f} rows/s", flush=True)
+        fit_searched("interp", arch, p, out, lambda a, q: interp_fit(a, q, data))
 
 
 def interp_score(out: Path, archs: list[str]) -> list[dict]:
@@ -380,6 +381,10 @@ def main(argv: list[str]) -> None:
     rows = interp_score(args.out, archs)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
+    for path in sorted(args.out.glob("*.search.json")):
+        found = json.loads(path.read_text())
+        probes = ", ".join(f"{q['coefficient']:.4g} -> {q['l0']:.1f}" for q in found["probes"])
+        print(f"L0 search {path.name.split('.')[0]}: {found['field']} {probes}; chose {found['chosen']:.4g}")
     print("f1 / mcc: interp's scorer; saelens_f1 / saelens_mcc: SAELens' evaluator on the same codes.")
     print(DIFFERENCES)
 
