@@ -77,3 +77,44 @@ def test_preset_run_records_its_values_and_a_changed_preset_is_refused(tmp_path,
     monkeypatch.setitem(PRESETS, "paper", type(PRESETS["paper"])(PRESETS["paper"].about, changed))
     refused = runner.invoke(app, args)
     assert refused.exit_code != 0 and "top_p" in refused.output and "Traceback" not in refused.output
+
+
+def _table_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "steer_paper_table.py"
+    spec = importlib.util.spec_from_file_location("steer_paper_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(folder: Path, site: str, scores: dict[str, float], **config) -> None:
+    """A run folder: config.json and cells.jsonl with constant scores (2 prompts x 1 sample, one KL target)."""
+    folder.mkdir()
+    settings = {"model": "m", "concepts": "c", "concept_names": [], "per_concept": 4, "prompts": ["a", "b"],
+                "select_prompts": ["s"], "n_samples": 1, "max_new_tokens": 3, "top_k": 30, "top_p": 0.3,
+                "seed": 0, "judge": "offline", "kl_targets": [0.1], "signs": [1], "site": site, **config}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(settings))
+    lines = []
+    for method, score in scores.items():
+        for concept in ("x", "y"):
+            split = {k: [score, score] for k in ("score", "on_topic", "concept", "fluency")}
+            lines.append({"concept": concept, "method": method, "kind": "kl", "sign": 1, "target": 0.1,
+                          "reached": True, "site": site, "select": split, "test": split})  # fmt: skip
+    (folder / "cells.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+
+def test_paper_table_merges_runs_and_names_a_baseline_found_at_two_sites(tmp_path):
+    table = _table_module().table
+    _fake_run(tmp_path / "a", "9.mlp_hidden", {"snmf": 1.5, "diff_in_means": 1.0, "unsteered": 0.5})
+    _fake_run(tmp_path / "b", "9.mlp_out", {"topk": 1.2, "diff_in_means": 0.8, "unsteered": 0.5})
+    text = table([tmp_path / "a", tmp_path / "b"])
+    assert "| snmf | 9.mlp_hidden | 1.500 [1.500, 1.500]" in text and "| topk | 9.mlp_out | 1.200" in text
+    assert "| diff_in_means@9.mlp_hidden |" in text and "| diff_in_means@9.mlp_out |" in text  # not merged
+    assert "| snmf - topk | 0.300 [0.300, 0.300] | higher |" in text  # paired across the two runs
+    assert "| snmf | 9.mlp_hidden | 1.500 [1.500, 1.500] | 1.500 [1.500, 1.500] | 1.500 [1.500, 1.500] | " \
+           "1.500 [1.500, 1.500] | 2 / 2 |" in text  # fmt: skip
+    _fake_run(tmp_path / "c", "9.mlp_out", {"topk": 1.2}, n_samples=2)
+    with pytest.raises(SystemExit, match="n_samples"):
+        table([tmp_path / "a", tmp_path / "c"])
