@@ -16,24 +16,27 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
     return None if text is None else tuple(float(v) for v in text.split(",") if v.strip())
 
 
-def steer_eval_config(toml_path: Path | None, flags: dict[str, Any]) -> Any:
-    """SteerEvalConfig from a TOML file (optional), then flags that were given."""
+def steer_eval_config(toml_path: Path | None, flags: dict[str, Any], preset: str | None = None) -> Any:
+    """SteerEvalConfig from a preset (optional), then a TOML file (optional), then flags that were given: each
+    layer overrides the one before."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
+    from interp.steer.presets import preset_settings
     from interp.steer.run import SteerEvalConfig
 
     fields = {f.name for f in dataclasses.fields(SteerEvalConfig)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = preset_settings(preset)
     if toml_path is not None:
-        values = tomllib.loads(Path(toml_path).read_text())
-        unknown = sorted(set(values) - fields)
+        from_file = tomllib.loads(Path(toml_path).read_text())
+        unknown = sorted(set(from_file) - fields)
         if unknown:
             raise ValueError(
                 f"unknown setting(s) {unknown} in {toml_path}; valid: {', '.join(sorted(fields))}"
             )
+        values.update(from_file)
     values.update({k: v for k, v in flags.items() if v is not None})
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
@@ -45,8 +48,22 @@ def steer_eval_config(toml_path: Path | None, flags: dict[str, Any]) -> Any:
         raise type(e)(f"--{name.replace('_', '-')}: {e}") from None
 
 
+def check_preset_inputs(preset: str | None, settings: Any) -> None:
+    """A preset's run steers decomposer features: refuse one without --decomposer, naming what it needs."""
+    from interp.steer.presets import PRESETS
+
+    if preset is not None and "features" in settings.methods and not settings.decomposers:
+        raise ValueError(f"--preset {preset} needs {PRESETS[preset].needs}")
+
+
 def steer_eval_cmd(
     config: Annotated[Path | None, typer.Option(help="TOML file with any of the settings below")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="paper: the SNMF paper's settings (docs/steering.md); --config and explicit flags override it"
+        ),
+    ] = None,
     model: str | None = None,
     site: Annotated[str | None, typer.Option(help="e.g. 9.mlp_hidden")] = None,
     decomposer: Annotated[
@@ -117,7 +134,8 @@ def steer_eval_cmd(
         "signs": None if signs is None else tuple(int(float(v)) for v in signs.split(",") if v.strip()),
     }  # fmt: skip
     try:
-        settings = steer_eval_config(config, flags)
+        settings = steer_eval_config(config, flags, preset)
+        check_preset_inputs(preset, settings)
         if strengths is not None and kl_targets is None:
             settings = dataclasses.replace(settings, kl_targets=())
         out = out or cache_dir() / "steer" / Path(settings.model).name / settings.site
