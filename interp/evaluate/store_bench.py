@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from interp.decompose.base import CONFIG_FILE, read_source
 from interp.evaluate.absorption import TooFewTokens, absorption, store_letter_data
 from interp.evaluate.autointerp_scores import autointerp_scores
 from interp.evaluate.bench import check_settings, collect_rows
-from interp.evaluate.probing import Pooled, pool_texts, sparse_probing, tpp
+from interp.evaluate.probing import Pooled, pool, sparse_probing, text_tokens, tpp
 from interp.evaluate.recon import evaluate
 from interp.evaluate.report import write_report
 from interp.evaluate.splice import spliced_metrics
@@ -73,14 +75,33 @@ def core_metrics(decomposer, store: ActivationStore, max_tokens: int, model, n_c
     return out
 
 
-def probing_metrics(decomposer, store: ActivationStore, model, texts: LabelledTexts) -> dict:
-    """Sparse probing and TPP of `decomposer` at the store's site on `texts`."""
+def probing_metrics(decomposer, store: ActivationStore, model, texts: LabelledTexts, cache: dict) -> dict:
+    """Sparse probing and TPP of `decomposer` at the store's site on `texts`; the model's activations of the
+    texts are computed once per site and kept in `cache` for the next decomposer."""
     site = parse_site(store.site, model.info.n_layers)
-    acts, codes = pool_texts(model, site, texts.texts, decomposer)
+    if store.site not in cache:
+        cache.clear()  # one site's tokens at a time
+        cache[store.site] = text_tokens(model, site, texts.texts)
+    acts, codes = pool(cache[store.site], decomposer)
     data = Pooled(
         acts, codes, torch.tensor(texts.labels), torch.tensor(texts.train), torch.tensor(texts.test)
     )
     return {**sparse_probing(data), **tpp(data, decomposer)}
+
+
+def timed(evaluations: dict[str, Callable[[], dict]]) -> dict:
+    """Every evaluation's metrics, with its wall time as `<name>_seconds` (absent for one that measured nothing,
+    e.g. a skipped absorption) and the whole suite's as `eval_seconds`."""
+    metrics: dict = {}
+    begin = time.perf_counter()
+    for name, evaluation in evaluations.items():
+        start = time.perf_counter()
+        found = evaluation()
+        if found:
+            metrics.update(found)
+            metrics[f"{name}_seconds"] = time.perf_counter() - start
+    metrics["eval_seconds"] = time.perf_counter() - begin
+    return metrics
 
 
 def _refresh_autointerp(folder: Path, name: str, site: str, path: Path) -> None:
@@ -118,7 +139,7 @@ def run_store_bench(folders: list[Path], out: Path, store_path: Path | None, max
                 "probe": texts.name if texts else "", "n_texts": len(texts.texts) if texts else 0,
                 "absorption_tokens": absorption_tokens}  # fmt: skip
     check_settings(out, settings)
-    model, taken, letters = None, set(), {}
+    model, taken, letters, pooled = None, set(), {}, {}
     for folder in tqdm(folders, desc="bench", disable=not progress):
         folder = Path(folder)
         name = _name(folder, taken)
@@ -131,13 +152,13 @@ def run_store_bench(folders: list[Path], out: Path, store_path: Path | None, max
         method = json.loads((folder / CONFIG_FILE).read_text())["method"]
         if model is None and (n_contexts > 0 or texts is not None or absorption_tokens > 0):
             model = load_model(store.manifest.model, device=device)
-        start = time.perf_counter()
-        metrics = core_metrics(decomposer, store, max_tokens, model, n_contexts)
+        evaluations = {"core": partial(core_metrics, decomposer, store, max_tokens, model, n_contexts)}
         if texts is not None:
-            metrics.update(probing_metrics(decomposer, store, model, texts))
+            evaluations["probing"] = partial(probing_metrics, decomposer, store, model, texts, pooled)
         if absorption_tokens > 0:
-            metrics.update(_absorption(decomposer, store, model, absorption_tokens, letters, name, log))
-        metrics["eval_seconds"] = time.perf_counter() - start
+            evaluations["absorption"] = partial(_absorption, decomposer, store, model, absorption_tokens,
+                                                letters, name, log)  # fmt: skip
+        metrics = timed(evaluations)
         metrics.pop("n_tokens", None)
         row_settings = json.dumps({**settings, "folder": str(folder.resolve())}, sort_keys=True)
         rows = [{"decomposer": name, "method": method, "site": store.site, "metric": k, "value": float(v),
