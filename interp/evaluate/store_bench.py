@@ -181,4 +181,6 @@ main latents, full_absorption_rate, absorption_n_main (main latents per letter),
 probes' held-out F1: SAEBench wants >= 1B-parameter models, where it is high; low values mean the task says
 little). Autointerp (from `interp explain`'s index/explanations.parquet, mean over explained features):
 detection_f1, fuzzing_f1 and their shuffled-explanation baselines; empty where no explanations exist.
+Wall time: core_seconds, probing_seconds, absorption_seconds per evaluation, eval_seconds for the suite (the model
+run over the probing texts is shared by the decomposers of a site: counted in the first one's probing_seconds).
 """
