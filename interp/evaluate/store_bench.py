@@ -24,7 +24,7 @@ from interp.core.io import atomic_write_json
 from interp.corpus import Contexts
 from interp.decompose import load_decomposer
 from interp.decompose.base import CONFIG_FILE, read_source
-from interp.evaluate.absorption import TooFewTokens, absorption, store_letter_data
+from interp.evaluate.absorption import TooFewTokens, absorption, letter_probes, store_letter_data
 from interp.evaluate.autointerp_scores import autointerp_scores
 from interp.evaluate.bench import check_settings, collect_rows
 from interp.evaluate.probing import Pooled, pool, sparse_probing, text_tokens, tpp
@@ -118,13 +118,15 @@ def _refresh_autointerp(folder: Path, name: str, site: str, path: Path) -> None:
 
 
 def _absorption(decomposer, store, model, n_tokens: int, cache: dict, name: str, log) -> dict:
-    """First-letter absorption on the store's distinct word tokens (loaded once per store), or {} (said) when the
-    store has too few of them."""
+    """First-letter absorption on the store's distinct word tokens (loaded and probed once per store), or {}
+    (said) when the store has too few of them."""
     try:
         if store.path not in cache:
             decode = model.tokenizer.decode
-            cache[store.path] = store_letter_data(store, lambda t: decode([t]), n_tokens)
-        return absorption(cache[store.path], decomposer)
+            data = store_letter_data(store, lambda t: decode([t]), n_tokens)
+            cache[store.path] = (data, letter_probes(data))
+        data, probes = cache[store.path]
+        return absorption(data, decomposer, probes=probes)
     except TooFewTokens as e:
         log(f"{name}: {e}")
         return {}
