@@ -70,3 +70,18 @@ def test_a_token_latent_that_absorbs_the_letter_is_counted():
 def test_letter_of_keeps_alphabetic_tokens_with_their_first_letter():
     assert letter_of("\u2581Apple") == 0 and letter_of(" zebra") == 25 and letter_of("Gx") == 6
     assert letter_of("a") == -1 and letter_of(" 12") == -1 and letter_of("caf\u00e9") == -1
+
+
+def test_letter_probes_fitted_once_serve_every_dictionary():
+    """The probes depend on the data only: fitted once, they give each dictionary the scores of a fit per call,
+    and each points along its own letter (catches a shared probe fitted on another letter's labels, or scores that
+    differ once probes are shared)."""
+    from interp.evaluate.absorption import letter_probes
+
+    data, absorbing = planted(absorb=True)
+    _, clean = planted(absorb=False)
+    probes = letter_probes(data)
+    assert [p.c for p in probes] == list(range(N_LETTERS))
+    assert all(int(probe.p[:N_LETTERS].argmax()) == probe.c and probe.p[probe.c] > 0.5 for probe in probes)
+    for dictionary in (absorbing, clean):
+        assert absorption(data, dictionary, probes=probes) == absorption(data, dictionary)

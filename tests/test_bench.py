@@ -92,6 +92,7 @@ def test_store_bench_core_metrics_and_probing_on_a_user_csv(tmp_path):
     by = {r["metric"]: float(r["value"]) for r in read_metrics(tmp_path / "b" / "metrics.csv")}
     assert by["l0"] <= 4 and 0 <= by["alive_fraction"] <= 1 and by["shrinkage"] > 0
     assert {"ce_score", "kl_score", "probe_full", "probe_k1", "probe_random_k1", "tpp_n20"} <= set(by)
+    assert {"core_seconds", "probing_seconds"} <= set(by)  # absorption skipped: no time either
     assert by["probe_full"] > 0.8  # two very different kinds of text: the activations separate them
     assert "absorption skipped" in result.output  # 800 tokens: too few distinct words per letter, said
     assert not any(m.startswith(("autointerp", "absorption")) for m in by)  # absent: empty, not faked
@@ -110,3 +111,25 @@ def test_store_bench_core_metrics_and_probing_on_a_user_csv(tmp_path):
     assert by["autointerp_detection_f1_shuffled"] == pytest.approx(0.45) and by["autointerp_n_scored"] == 2
     report = (tmp_path / "b" / "report.md").read_text()
     assert "autointerp_detection_f1" in report and report.count("| topk |") == 1  # one row, not a second one
+
+
+def test_store_bench_times_each_evaluation():
+    """`<name>_seconds` per evaluation, none for one that measured nothing, and the suite's total (catches one
+    evaluation's time booked to another, a skipped one given a time, or the total measured around the wrong
+    span)."""
+    import time
+
+    from interp.evaluate.store_bench import timed
+
+    def slow():
+        time.sleep(0.2)
+        return {"b": 2.0}
+
+    def skipped():
+        time.sleep(0.1)
+        return {}
+
+    metrics = timed({"fast": lambda: {"a": 1.0}, "slow": slow, "skipped": skipped})
+    assert metrics["a"] == 1.0 and metrics["b"] == 2.0 and "skipped_seconds" not in metrics
+    assert metrics["fast_seconds"] < 0.1 <= 0.2 <= metrics["slow_seconds"] < 1.0
+    assert metrics["eval_seconds"] >= metrics["fast_seconds"] + metrics["slow_seconds"] + 0.1

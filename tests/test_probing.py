@@ -52,3 +52,32 @@ def test_tpp_ablating_a_class_latent_hurts_only_its_probe():
     assert scores["tpp_own_drop_n1"] > 0.3  # probe c loses its signal
     assert scores["tpp_other_drop_n1"] < 0.1
     assert scores["tpp_n1"] == pytest.approx(scores["tpp_own_drop_n1"] - scores["tpp_other_drop_n1"])
+
+
+class Halves:
+    """encode(x) = [relu(x), relu(-x)]: a fixed, nonlinear, per-token code, so a mean of codes is not the code
+    of a mean."""
+
+    def encode(self, x):
+        return torch.cat([x.clamp_min(0), (-x).clamp_min(0)], dim=1)
+
+
+def test_pooled_texts_match_each_text_run_alone(tiny_llama):
+    """Batched, padded and pooled once for every decomposer = each text alone (catches tokens pooled into the
+    wrong text across batches, padding or BOS counted, codes of the mean instead of the mean of codes)."""
+    from interp.evaluate.probing import pool, pool_texts, text_tokens
+    from interp.models.hooks import backend_runner
+    from interp.models.sites import parse_site
+
+    site = parse_site("1.resid_post", tiny_llama.info.n_layers)
+    texts = ["a cat", "the dog sat on the mat today", "x", "prices rose by ten percent", "hello there"]
+    tokens = text_tokens(tiny_llama, site, texts, max_len=8, batch_size=2)
+    acts, codes = pool(tokens, Halves(), chunk=3)
+    run = backend_runner("torch")
+    for i, text in enumerate(texts):
+        ids = tiny_llama.tokenizer(text, add_special_tokens=False)["input_ids"][:7]
+        x = run(tiny_llama, torch.tensor([[tiny_llama.bos_token_id, *ids]]), [site])[site][0, 1:].float()
+        assert torch.allclose(acts[i], x.mean(0), atol=1e-5)
+        assert torch.allclose(codes[i], Halves().encode(x).mean(0), atol=1e-5)
+    again = pool_texts(tiny_llama, site, texts, Halves(), max_len=8, batch_size=4)
+    assert torch.allclose(again[0], acts, atol=1e-5) and torch.allclose(again[1], codes, atol=1e-5)

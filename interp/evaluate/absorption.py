@@ -149,37 +149,61 @@ def decoder_rows(decomposer, n_latents: int, d: int) -> torch.Tensor:
                       for i in range(0, n_latents, 512)])  # fmt: skip
 
 
-@torch.no_grad()
-def absorption(data: LetterData, decomposer, config: AbsorptionConfig = AbsorptionConfig()) -> dict:
-    """absorption_fraction, full_absorption_rate, absorption_n_main, absorption_letters, absorption_probe_f1."""
-    x = data.acts.float()
-    codes = decomposer.encode(x).float().cpu()
-    rows = decoder_rows(decomposer, codes.shape[1], x.shape[1])
-    train = ~data.test
-    fractions, fulls, n_main, f1s = [], [], [], []
+@dataclass
+class LetterProbe:
+    """One letter's logistic probe on the raw activations: the letter `c`, its unit direction `p [d]`, its
+    predictions on every token `[n]` (bool) and its held-out F1. They depend on the data only, not on a
+    decomposer: fitted once per store and shared."""
+
+    c: int
+    p: torch.Tensor
+    predicted: torch.Tensor
+    f1: float
+
+
+def letter_probes(data: LetterData, config: AbsorptionConfig = AbsorptionConfig()) -> list[LetterProbe]:
+    """The probes of the letters with `min_tokens` train and held-out tokens."""
+    x, train = data.acts.float(), ~data.test
+    probes = []
     for c in range(26):
         y = data.letters == c
         if min(int((y & train).sum()), int((y & data.test).sum())) < config.min_tokens:
             continue
         probe = _probe(x[train], y[train])
         p = torch.tensor(probe.coef_[0], dtype=torch.float32)
-        p = p / p.norm().clamp_min(EPS)
         predicted = torch.from_numpy(probe.predict(x.double().numpy())).bool()
-        f1s.append(_f1(probe, x[data.test], y[data.test]))
+        probes.append(LetterProbe(c, p / p.norm().clamp_min(EPS), predicted,
+                                  _f1(probe, x[data.test], y[data.test])))  # fmt: skip
+    return probes
+
+
+@torch.no_grad()
+def absorption(data: LetterData, decomposer, config: AbsorptionConfig = AbsorptionConfig(),
+               probes: list[LetterProbe] | None = None) -> dict:  # fmt: skip
+    """absorption_fraction, full_absorption_rate, absorption_n_main, absorption_letters, absorption_probe_f1;
+    `probes`: letter_probes(data, config), when already fitted."""
+    x = data.acts.float()
+    codes = decomposer.encode(x).float().cpu()
+    rows = decoder_rows(decomposer, codes.shape[1], x.shape[1])
+    train = ~data.test
+    probes = letter_probes(data, config) if probes is None else probes
+    fractions, fulls, n_main = [], [], []
+    for probe in probes:
+        y = data.letters == probe.c
         main = main_latents(codes, y, train, config)
-        hit = data.test & y & predicted  # held-out tokens of c the probe gets right
+        hit = data.test & y & probe.predicted  # held-out tokens of c the probe gets right
         if not hit.any():
             continue
-        fraction, full = token_scores(x[hit], codes[hit], rows, p, main, config)
+        fraction, full = token_scores(x[hit], codes[hit], rows, probe.p, main, config)
         fractions.append(fraction.mean())
         fulls.append(full.float().mean())
         n_main.append(len(main))
     if not fractions:
         raise TooFewTokens(
-            f"absorption skipped: no letter has {config.min_tokens} train and held-out tokens the probe classifies; capture more "
-            "tokens (interp capture --n-tokens) or pass more --absorption-tokens"
+            f"absorption skipped: no letter has {config.min_tokens} train and held-out tokens the probe "
+            "classifies; capture more tokens (interp capture --n-tokens) or pass more --absorption-tokens"
         )
     return {"absorption_fraction": float(torch.stack(fractions).mean()),
             "full_absorption_rate": float(torch.stack(fulls).mean()),
             "absorption_n_main": sum(n_main) / len(n_main), "absorption_letters": float(len(fractions)),
-            "absorption_probe_f1": sum(f1s) / len(f1s)}  # fmt: skip
+            "absorption_probe_f1": sum(probe.f1 for probe in probes) / len(probes)}  # fmt: skip

@@ -40,12 +40,22 @@ class Pooled:
     test: torch.Tensor
 
 
+@dataclass
+class TextTokens:
+    """The site's activations `acts [n_tokens, d]` of every text's tokens (BOS and padding excluded), the text
+    each row belongs to `owner [n_tokens]`, and the number of texts: computed once, pooled per decomposer."""
+
+    acts: torch.Tensor
+    owner: torch.Tensor
+    n_texts: int
+
+
 @torch.no_grad()
-def pool_texts(model: LoadedModel, site: Site, texts: list[str], decomposer, max_len: int = 64,
-               batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(mean activations `[n, d]`, mean codes `[n, n_latents]`) of `texts` (BOS + up to max_len - 1 tokens)."""
+def text_tokens(model: LoadedModel, site: Site, texts: list[str], max_len: int = 64,
+                batch_size: int = 16) -> TextTokens:  # fmt: skip
+    """The model run over `texts` (BOS + up to max_len - 1 tokens each), kept at `site` for every token."""
     run = backend_runner("torch")
-    acts, codes = [], []
+    acts, owners = [], []
     for start in range(0, len(texts), batch_size):
         ids = model.tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
         ids = [[model.bos_token_id, *row[: max_len - 1]] for row in ids]
@@ -55,18 +65,30 @@ def pool_texts(model: LoadedModel, site: Site, texts: list[str], decomposer, max
             tokens[row, : len(seq)] = torch.tensor(seq)
             mask[row, 1 : len(seq)] = True
         x = run(model, tokens.to(model.device), [site])[site].float()  # [B, T, d]
-        keep = mask.to(x.device)
-        flat = x[keep]  # [n_tokens, d]
-        c = decomposer.encode(flat).float().to(x.device)  # [n_tokens, n_latents]
-        owner = keep.nonzero()[:, 0]
-        count = keep.sum(1).clamp_min(1)[:, None].float()
-        acts.append(
-            (torch.zeros(len(ids), x.shape[-1], device=x.device).index_add_(0, owner, flat) / count).cpu()
-        )
-        codes.append(
-            (torch.zeros(len(ids), c.shape[1], device=x.device).index_add_(0, owner, c) / count).cpu()
-        )
-    return torch.cat(acts), torch.cat(codes)
+        acts.append(x[mask.to(x.device)].cpu())
+        owners.append(mask.nonzero()[:, 0] + start)
+    return TextTokens(torch.cat(acts), torch.cat(owners), len(texts))
+
+
+@torch.no_grad()
+def pool(tokens: TextTokens, decomposer, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean activations `[n_texts, d]`, mean codes `[n_texts, n_latents]`) of each text's tokens."""
+    count = torch.bincount(tokens.owner, minlength=tokens.n_texts).clamp_min(1)[:, None].float()
+    acts = torch.zeros(tokens.n_texts, tokens.acts.shape[1]).index_add_(0, tokens.owner, tokens.acts)
+    codes = None
+    for start in range(0, len(tokens.acts), chunk):
+        c = decomposer.encode(tokens.acts[start : start + chunk]).float().cpu()  # [chunk, n_latents]
+        codes = torch.zeros(tokens.n_texts, c.shape[1]) if codes is None else codes
+        codes.index_add_(0, tokens.owner[start : start + chunk], c)
+    if codes is None:
+        raise ValueError("no text of the probing set has a token after BOS; pass texts that are not empty")
+    return acts / count, codes / count
+
+
+def pool_texts(model: LoadedModel, site: Site, texts: list[str], decomposer, max_len: int = 64,
+               batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(mean activations `[n, d]`, mean codes `[n, n_latents]`) of `texts` (BOS + up to max_len - 1 tokens)."""
+    return pool(text_tokens(model, site, texts, max_len, batch_size), decomposer)
 
 
 def balanced(

@@ -20,7 +20,16 @@ ORDER = ("l0", "fvu", "explained_variance", "mcc", "f1", "precision", "recall", 
          "parent_f1", "child_f1", "parent_cos", "child_cos", "shrinkage", "ce_loss_recovered", "ce_score",
          "kl_score", "kl", "ce_delta")  # fmt: skip
 """Columns of report.md first in this order, the other metrics after them alphabetically."""
-NOT_PLOTTED = ("l0", "true_l0", "n_tokens", "train_seconds", "eval_seconds")
+NOT_PLOTTED = (
+    "l0",
+    "true_l0",
+    "n_tokens",
+    "train_seconds",
+    "eval_seconds",
+    "core_seconds",
+    "probing_seconds",
+    "absorption_seconds",
+)
 
 
 def write_csv(rows: Iterable[dict], path: Path) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,10 +24,10 @@ from interp.core.io import atomic_write_json
 from interp.corpus import Contexts
 from interp.decompose import load_decomposer
 from interp.decompose.base import CONFIG_FILE, read_source
-from interp.evaluate.absorption import TooFewTokens, absorption, store_letter_data
+from interp.evaluate.absorption import TooFewTokens, absorption, letter_probes, store_letter_data
 from interp.evaluate.autointerp_scores import autointerp_scores
 from interp.evaluate.bench import check_settings, collect_rows
-from interp.evaluate.probing import Pooled, pool_texts, sparse_probing, tpp
+from interp.evaluate.probing import Pooled, pool, sparse_probing, text_tokens, tpp
 from interp.evaluate.recon import evaluate
 from interp.evaluate.report import write_report
 from interp.evaluate.splice import spliced_metrics
@@ -73,14 +75,33 @@ def core_metrics(decomposer, store: ActivationStore, max_tokens: int, model, n_c
     return out
 
 
-def probing_metrics(decomposer, store: ActivationStore, model, texts: LabelledTexts) -> dict:
-    """Sparse probing and TPP of `decomposer` at the store's site on `texts`."""
+def probing_metrics(decomposer, store: ActivationStore, model, texts: LabelledTexts, cache: dict) -> dict:
+    """Sparse probing and TPP of `decomposer` at the store's site on `texts`; the model's activations of the
+    texts are computed once per site and kept in `cache` for the next decomposer."""
     site = parse_site(store.site, model.info.n_layers)
-    acts, codes = pool_texts(model, site, texts.texts, decomposer)
+    if store.site not in cache:
+        cache.clear()  # one site's tokens at a time
+        cache[store.site] = text_tokens(model, site, texts.texts)
+    acts, codes = pool(cache[store.site], decomposer)
     data = Pooled(
         acts, codes, torch.tensor(texts.labels), torch.tensor(texts.train), torch.tensor(texts.test)
     )
     return {**sparse_probing(data), **tpp(data, decomposer)}
+
+
+def timed(evaluations: dict[str, Callable[[], dict]]) -> dict:
+    """Every evaluation's metrics, with its wall time as `<name>_seconds` (absent for one that measured nothing,
+    e.g. a skipped absorption) and the whole suite's as `eval_seconds`."""
+    metrics: dict = {}
+    begin = time.perf_counter()
+    for name, evaluation in evaluations.items():
+        start = time.perf_counter()
+        found = evaluation()
+        if found:
+            metrics.update(found)
+            metrics[f"{name}_seconds"] = time.perf_counter() - start
+    metrics["eval_seconds"] = time.perf_counter() - begin
+    return metrics
 
 
 def _refresh_autointerp(folder: Path, name: str, site: str, path: Path) -> None:
@@ -97,13 +118,15 @@ def _refresh_autointerp(folder: Path, name: str, site: str, path: Path) -> None:
 
 
 def _absorption(decomposer, store, model, n_tokens: int, cache: dict, name: str, log) -> dict:
-    """First-letter absorption on the store's distinct word tokens (loaded once per store), or {} (said) when the
-    store has too few of them."""
+    """First-letter absorption on the store's distinct word tokens (loaded and probed once per store), or {}
+    (said) when the store has too few of them."""
     try:
         if store.path not in cache:
             decode = model.tokenizer.decode
-            cache[store.path] = store_letter_data(store, lambda t: decode([t]), n_tokens)
-        return absorption(cache[store.path], decomposer)
+            data = store_letter_data(store, lambda t: decode([t]), n_tokens)
+            cache[store.path] = (data, letter_probes(data))
+        data, probes = cache[store.path]
+        return absorption(data, decomposer, probes=probes)
     except TooFewTokens as e:
         log(f"{name}: {e}")
         return {}
@@ -118,7 +141,7 @@ def run_store_bench(folders: list[Path], out: Path, store_path: Path | None, max
                 "probe": texts.name if texts else "", "n_texts": len(texts.texts) if texts else 0,
                 "absorption_tokens": absorption_tokens}  # fmt: skip
     check_settings(out, settings)
-    model, taken, letters = None, set(), {}
+    model, taken, letters, pooled = None, set(), {}, {}
     for folder in tqdm(folders, desc="bench", disable=not progress):
         folder = Path(folder)
         name = _name(folder, taken)
@@ -131,13 +154,13 @@ def run_store_bench(folders: list[Path], out: Path, store_path: Path | None, max
         method = json.loads((folder / CONFIG_FILE).read_text())["method"]
         if model is None and (n_contexts > 0 or texts is not None or absorption_tokens > 0):
             model = load_model(store.manifest.model, device=device)
-        start = time.perf_counter()
-        metrics = core_metrics(decomposer, store, max_tokens, model, n_contexts)
+        evaluations = {"core": partial(core_metrics, decomposer, store, max_tokens, model, n_contexts)}
         if texts is not None:
-            metrics.update(probing_metrics(decomposer, store, model, texts))
+            evaluations["probing"] = partial(probing_metrics, decomposer, store, model, texts, pooled)
         if absorption_tokens > 0:
-            metrics.update(_absorption(decomposer, store, model, absorption_tokens, letters, name, log))
-        metrics["eval_seconds"] = time.perf_counter() - start
+            evaluations["absorption"] = partial(_absorption, decomposer, store, model, absorption_tokens,
+                                                letters, name, log)  # fmt: skip
+        metrics = timed(evaluations)
         metrics.pop("n_tokens", None)
         row_settings = json.dumps({**settings, "folder": str(folder.resolve())}, sort_keys=True)
         rows = [{"decomposer": name, "method": method, "site": store.site, "metric": k, "value": float(v),
@@ -160,4 +183,6 @@ main latents, full_absorption_rate, absorption_n_main (main latents per letter),
 probes' held-out F1: SAEBench wants >= 1B-parameter models, where it is high; low values mean the task says
 little). Autointerp (from `interp explain`'s index/explanations.parquet, mean over explained features):
 detection_f1, fuzzing_f1 and their shuffled-explanation baselines; empty where no explanations exist.
+Wall time: core_seconds, probing_seconds, absorption_seconds per evaluation, eval_seconds for the suite (the model
+run over the probing texts is shared by the decomposers of a site: counted in the first one's probing_seconds).
 """
