@@ -62,3 +62,21 @@ class SplitIdentity(FixedDirections):
     def encode(self, x):
         x = check_activations(x, self.d_in)
         return torch.cat([x.clamp_min(0), (-x).clamp_min(0)], dim=1)
+
+
+def two_concept_run(tmp_path, monkeypatch, **fields):
+    """A steer-eval config on tiny-llama: the fixed decomposer (6 directions in 1.mlp_hidden) and a cats / dogs
+    concept file, 8 texts each; `fields` set the rest of the SteerEvalConfig."""
+    import json
+
+    from interp.decompose import base
+    from interp.steer.run import SteerEvalConfig
+
+    monkeypatch.setitem(base.METHODS, "fixed", "fixed_decomposer:FixedDirections")
+    rows = [{"text": f"the {w} {w} is here and the {w} sat {i}", "concept": c}
+            for i in range(8) for c, w in (("cats", "cat"), ("dogs", "dog"))]  # fmt: skip
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    FixedDirections(FixedConfig(n_features=6, d_in=128)).save(tmp_path / "fixed")
+    return SteerEvalConfig(model="tiny-llama", site="1.mlp_hidden", decomposers=(str(tmp_path / "fixed"),),
+                           concepts=str(tmp_path / "c.jsonl"), device="cpu", embedding_judge=False,
+                           select_prompts=("Yesterday,",), **fields)  # fmt: skip

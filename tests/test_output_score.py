@@ -10,9 +10,8 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from fixed_decomposer import FixedConfig, FixedDirections
+from fixed_decomposer import FixedDirections, two_concept_run
 
-from interp.decompose import base
 from interp.features.reader import FeatureIndex
 from interp.models import load_model
 from interp.models.sites import FAMILIES, get_module, parse_site
@@ -57,16 +56,9 @@ def test_batched_scores_equal_one_feature_at_a_time(tiny_llama):
 
 @pytest.fixture
 def fixed_run(tmp_path, monkeypatch):
-    monkeypatch.setitem(base.METHODS, "fixed", "fixed_decomposer:FixedDirections")
-    rows = [{"text": f"the {w} {w} is here and the {w} sat {i}", "concept": c}
-            for i in range(8) for c, w in (("cats", "cat"), ("dogs", "dog"))]  # fmt: skip
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    FixedDirections(FixedConfig(n_features=6, d_in=128)).save(tmp_path / "fixed")
-    return SteerEvalConfig(model="tiny-llama", site="1.mlp_hidden", decomposers=(str(tmp_path / "fixed"),),
-                           concepts=str(tmp_path / "c.jsonl"), methods=("features", "random"),
-                           kl_targets=(0.002,), signs=(1,), n_samples=1, max_new_tokens=2, device="cpu",
-                           embedding_judge=False, prompts=("The cat",), select_prompts=("Yesterday,",),
-                           judge="offline", selection=("detection", "output"), output_candidates=3)  # fmt: skip
+    return two_concept_run(tmp_path, monkeypatch, methods=("features", "random"), kl_targets=(0.002,), signs=(1,),
+                           n_samples=1, max_new_tokens=2, prompts=("The cat",), judge="offline",
+                           selection=("detection", "output"), output_candidates=3)  # fmt: skip
 
 
 def test_steer_eval_reports_output_selection_beside_detection(tmp_path, fixed_run):

@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-from fixed_decomposer import FixedConfig, FixedDirections
+from fixed_decomposer import two_concept_run
 
-from interp.decompose import base
 from interp.models.edits import AddDirection
 from interp.models.hooks import steered_logits
 from interp.models.sites import parse_site
@@ -21,7 +20,7 @@ from interp.steer.judges import ConceptClassifier, spearman
 from interp.steer.llm_judge import axbench_score, judge_prompt, parse_rating, rate_texts
 from interp.steer.placement import PlacementError, place, steer_kinds
 from interp.steer.report import UNSTEERED, headline, select_strengths
-from interp.steer.run import SteerEvalConfig, SteerEvalError, run_steer_eval
+from interp.steer.run import SteerEvalError, run_steer_eval
 from interp.steer.scoring import Judges, Texts
 from interp.steer.stats import Draws, Interval, bootstrap, paired_difference
 
@@ -266,16 +265,8 @@ def test_judge_choice_changes_the_score():
 
 @pytest.fixture
 def small_run(tmp_path, monkeypatch):
-    monkeypatch.setitem(base.METHODS, "fixed", "fixed_decomposer:FixedDirections")
-    rows = [{"text": f"the {w} {w} is here and the {w} sat {i}", "concept": c}
-            for i in range(8) for c, w in (("cats", "cat"), ("dogs", "dog"))]  # fmt: skip
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    FixedDirections(FixedConfig(n_features=6, d_in=128)).save(tmp_path / "fixed")
-    return SteerEvalConfig(model="tiny-llama", site="1.mlp_hidden", decomposers=(str(tmp_path / "fixed"),),
-                           concepts=str(tmp_path / "c.jsonl"), methods=("features", "diff_in_means"),
-                           kl_targets=(0.002, 100.0), n_samples=2, max_new_tokens=3, device="cpu",
-                           embedding_judge=False, prompts=("The cat", "The dog"), select_prompts=("Yesterday,",),
-                           judge="both")  # fmt: skip
+    return two_concept_run(tmp_path, monkeypatch, methods=("features", "diff_in_means"), kl_targets=(0.002, 100.0),
+                           n_samples=2, max_new_tokens=3, prompts=("The cat", "The dog"), judge="both")  # fmt: skip
 
 
 def test_steer_eval_baselines_signs_selection_and_judges(tmp_path, small_run):
