@@ -2,21 +2,14 @@
 `FileModel` must score exactly as the dictionary itself does (no row misaligned between batches, no code lost in
 the sparse round trip). Needs no SAELens."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from repo_scripts import load_script
 
 from interp.evaluate.ground_truth import ground_truth_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _synth():
-    spec = importlib.util.spec_from_file_location("synth_bench", ROOT / "benchmarks" / "synth.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/synth.py", "synth_bench")
 
 
 class _Dictionary:

@@ -4,22 +4,20 @@ promise; the committed copies carry no outputs."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import math
 import os
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 nbformat = pytest.importorskip("nbformat", reason="the dev extra installs nbformat, papermill and ipykernel")
 pytest.importorskip("papermill", reason="the dev extra installs papermill")
 pytest.importorskip("ipykernel", reason="the dev extra installs ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-_spec = importlib.util.spec_from_file_location("notebook_runner", NOTEBOOKS / "run.py")
-runner = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runner)
+runner = load_script("notebooks/run.py", "notebook_runner")
 PLOTLY = "application/vnd.plotly.v1+json"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fixed_decomposer import FixedConfig, FixedDirections
+from repo_scripts import load_script
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -80,13 +81,7 @@ def test_preset_run_records_its_values_and_a_changed_preset_is_refused(tmp_path,
 
 
 def _table_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "steer_paper_table.py"
-    spec = importlib.util.spec_from_file_location("steer_paper_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/steer_paper_table.py", "steer_paper_table")
 
 
 def _fake_run(folder: Path, site: str, scores: dict[str, float], **config) -> None:

@@ -2,22 +2,16 @@
 fake trainer whose L0 is a known falling function of the coefficient, keeps the nearest probe, and resumes
 without retraining. Needs no SAELens."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from repo_scripts import load_script
 
 
 def _search():
-    spec = importlib.util.spec_from_file_location("synth_search", ROOT / "benchmarks" / "synth_search.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/synth_search.py", "synth_search")
 
 
 class _FakeFit:
