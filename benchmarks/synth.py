@@ -169,6 +169,14 @@ def peer_sae_config(arch: str, p: dict):
     return get_sae_training_class(arch)[0](cfg)
 
 
+def eval_codes(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [n, width], reconstruction [n, d]) of eval rows x [n, d], in chunks of 4096; any model with
+    encode / decode (SAELens' or interp's)."""
+    with torch.no_grad():
+        codes = torch.cat([model.encode(c) for c in x.split(4096)])
+        return codes, torch.cat([model.decode(c) for c in codes.split(4096)])
+
+
 def peer_fit(arch: str, p: dict, data: dict[str, torch.Tensor]):
     """One SAELens architecture trained by its SAETrainer: (directions, eval codes, eval x_hat, rows/s)."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -190,10 +198,7 @@ def peer_fit(arch: str, p: dict, data: dict[str, torch.Tensor]):
     sae = SAETrainer(cfg=cfg, sae=sae, data_provider=rows, save_checkpoint_fn=lambda *a, **k: None).fit()
     rate = p["n_steps"] * p["batch_size"] / (time.perf_counter() - start)
     sae.eval()
-    with torch.no_grad():
-        x = data["eval"].to(p["device"])
-        codes = torch.cat([sae.encode(c) for c in x.split(4096)])
-        x_hat = torch.cat([sae.decode(c) for c in codes.split(4096)])
+    codes, x_hat = eval_codes(sae, data["eval"].to(p["device"]))
     print(f"saelens {arch}: {rate:.0f} rows/s", flush=True)
     return sae.W_dec, codes, x_hat, rate
 
@@ -282,10 +287,7 @@ def interp_fit(arch: str, p: dict, data: dict[str, torch.Tensor]):
     start = time.perf_counter()
     model = method_class(arch)(config).fit(data["train"].to(p["device"]), progress=True)
     rate = p["n_steps"] * p["batch_size"] / (time.perf_counter() - start)
-    with torch.no_grad():
-        x = data["eval"].to(p["device"])
-        codes = torch.cat([model.encode(c) for c in x.split(4096)])
-        x_hat = torch.cat([model.decode(c) for c in codes.split(4096)])
+    codes, x_hat = eval_codes(model, data["eval"].to(p["device"]))
     print(f"interp {arch}: {rate:.0f} rows/s", flush=True)
     return model.directions, codes, x_hat, rate
 
