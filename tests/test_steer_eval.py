@@ -317,7 +317,9 @@ def test_steer_eval_refuses_bad_settings_before_writing(tmp_path, small_run, mon
         run_steer_eval(small_run, tmp_path / "o1", progress=False)
     assert not (tmp_path / "o1").exists()
     for field, value, message in (("judge", "gpt", "unknown judge 'gpt'"), ("signs", (2,), "signs must be"),
-                                  ("backend", "jax", "unknown backend 'jax'")):  # fmt: skip
+                                  ("backend", "jax", "unknown backend 'jax'"),
+                                  ("protocol", "nope", "unknown --protocol 'nope'; valid: concept, feature"),
+                                  ("selection", ("input",), "unknown --selection")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             run_steer_eval(dataclasses.replace(small_run, **{field: value}), tmp_path / "o2", progress=False)
     assert not (tmp_path / "o2").exists()

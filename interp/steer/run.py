@@ -52,11 +52,7 @@ from interp.steer.scoring import JUDGE_MODES, Judges, Texts
 BASELINES = ("diff_in_means", "random")
 SELECT_PROMPTS = ("Let me tell you about", "Yesterday,", "My favourite thing is", "Here is a short story:")
 SPLITS = ("select", "test")
-SELECTIONS = ("detection", "output")
-PROTOCOLS = (
-    "concept",
-    "feature",
-)  # concept: labelled concept sets; feature: explained features (SNMF paper)  # how a decomposer's feature is chosen per concept
+SELECTIONS = ("detection", "output")  # how a decomposer's feature is chosen per concept
 
 
 @dataclass(frozen=True)
@@ -133,8 +129,8 @@ def _check_settings(config: SteerEvalConfig) -> None:
         raise SteerEvalError("give --kl-targets or --strengths")
     if not config.selection or set(config.selection) - set(SELECTIONS):
         raise SteerEvalError(f"unknown --selection {list(config.selection)}; valid: {', '.join(SELECTIONS)}")
-    if config.protocol not in PROTOCOLS:
-        raise SteerEvalError(f"unknown --protocol {config.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if config.protocol not in CONCEPTS:
+        raise SteerEvalError(f"unknown --protocol {config.protocol!r}; valid: {', '.join(CONCEPTS)}")
     if config.protocol == "feature" and (len(config.decomposers) != 1 or not config.features
                                          or "output" in config.selection):  # fmt: skip
         raise SteerEvalError(
@@ -275,6 +271,7 @@ def _concepts(config: SteerEvalConfig):
     return concepts
 
 
+# the protocols (concept: labelled concept sets; feature: explained features, the SNMF paper's): concepts, directions
 CONCEPTS = {"concept": _concept_set, "feature": _feature_concepts}
 DIRECTIONS = {"concept": _concept_directions, "feature": _feature_directions}
 
