@@ -18,12 +18,12 @@ from interp.decompose.formats.saelens import site_name
 
 CONFIG, WEIGHTS = "cfg.json", "sae.safetensors"
 UNSUPPORTED = {"multi_topk": "Multi-TopK decoding"}
+MLP_HOOKPOINT = r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)\.mlp"  # group 1 is the layer
 # a transcoder's hookpoint module -> (site kind of its input, of its output); group 1 is the layer
 TRANSCODER_HOOKPOINTS: dict[str, tuple[str, str]] = {
-    r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)\.mlp": ("mlp_in", "mlp_out"),
+    MLP_HOOKPOINT: ("mlp_in", "mlp_out"),
     r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)": ("resid_pre", "resid_post"),
 }
-MLP_HOOKPOINT = r"(?:model\.|transformer\.)?(?:layers|h)\.\d+\.mlp"
 POST_MLP_NORM_MODELS = re.compile(r"gemma[-_ ]?[23]", re.IGNORECASE)
 """Models whose MLP module output is normed again (post_feedforward_layernorm) before it joins the residual."""
 
