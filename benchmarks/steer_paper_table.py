@@ -7,6 +7,8 @@ Reads each run's config.json and cells.jsonl (finished cells only), refuses runs
 differ, selects each method's strength per concept on the selection prompts (as the report does) and prints the
 test scores with 95% bootstrap intervals, paired differences, and how many of each method's cells are done. The
 means are over the concepts every method has a selected cell for (the others are named as left out).
+`--by-target` adds the paper's view: at each KL target, no strength selection, each method's test concept score
+and on-topic rate (cells that did not reach their target are left out and counted).
 """
 
 from __future__ import annotations
@@ -96,11 +98,35 @@ def table(folders: list[Path]) -> str:
                       markdown(["difference", "mean [95%]", ""], diffs)]) + "\n"  # fmt: skip
 
 
+def by_target(folders: list[Path], keys: tuple[str, ...] = ("concept", "on_topic")) -> str:
+    """Per KL target: each method's test `keys` over the concepts whose cell reached that target."""
+    config, rows, _, _ = merge(folders)
+    shape = (len(config["prompts"]), config["n_samples"])
+    draws = Draws.make(*shape)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    body = []
+    for target in sorted({r["target"] for r in rows}):
+        cells = {(r["concept"], r["method"]): r for r in rows if r["target"] == target and r["reached"]}
+        line = [f"{target:g}"]
+        for m in methods:
+            concepts = [c for (c, name) in cells if name == m]
+            missed = sum(r["method"] == m and r["target"] == target and not r["reached"] for r in rows)
+            values = [str(bootstrap(score_tensor(cells, m, concepts, shape, k), draws)) for k in keys] \
+                if concepts else ["-"] * len(keys)  # fmt: skip
+            line.append(" / ".join(values) + (f" ({missed} not reached)" if missed else ""))
+        body.append(line)
+    return (f"Test {' / '.join(keys)} per KL target (mean over the concepts that reached it [95%]):\n\n"
+            + markdown(["KL target", *methods], body) + "\n")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--by-target", action="store_true", help="also the per-KL-target table")
     args = parser.parse_args()
     print(table(args.runs))
+    if args.by_target:
+        print(by_target(args.runs))
 
 
 if __name__ == "__main__":

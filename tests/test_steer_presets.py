@@ -113,3 +113,15 @@ def test_paper_table_merges_runs_and_names_a_baseline_found_at_two_sites(tmp_pat
     _fake_run(tmp_path / "c", "9.mlp_out", {"topk": 1.2}, n_samples=2)
     with pytest.raises(SystemExit, match="n_samples"):
         table([tmp_path / "a", tmp_path / "c"])
+
+
+def test_per_target_table_keeps_unreached_cells_out_and_counts_them(tmp_path):
+    by_target = _table_module().by_target
+    _fake_run(tmp_path / "a", "9.mlp_hidden", {"snmf": 1.5, "unsteered": 0.5})
+    cells = tmp_path / "a" / "cells.jsonl"
+    rows = [json.loads(line) for line in cells.read_text().splitlines()]
+    missed = {**rows[1], "test": {k: [0.0, 0.0] for k in rows[1]["test"]}, "reached": False}  # concept y
+    cells.write_text("\n".join(json.dumps(r) for r in [rows[0], missed, *rows[2:]]) + "\n")
+    text = by_target([tmp_path / "a"])
+    # concept y's unreached cell (score 0) would pull the mean below 1.5 if it were counted
+    assert "| 0.1 | 1.500 [1.500, 1.500] / 1.500 [1.500, 1.500] (1 not reached) |" in text
