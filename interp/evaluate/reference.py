@@ -3,15 +3,16 @@
 The clean and zero-ablated forward passes of the spliced metrics, the model's activations of the probing texts
 and the first-letter probes are the same for every decomposer of a site. `cached(folder, kind, key, compute)`
 keeps what `compute()` returns (a dict of tensors) in `folder/<kind>-<hash of key>/` beside the key itself
-(key.json), so a later bench call with another decomposer reuses it, and any change of the key (model, site,
-tokens, settings) lands in another folder: recomputed, never served stale. Writes are atomic (the tensors first,
-key.json last: a folder without key.json is unfinished and recomputed).
+(key.json) and the seconds it took (seconds.json), so a later bench call with another decomposer reuses it, and
+any change of the key (model, site, tokens, settings) lands in another folder: recomputed, never served stale.
+Writes are atomic (the tensors first, key.json last: a folder without key.json is unfinished and recomputed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,8 +76,10 @@ def _load_or_compute(where: Path, kind: str, key: dict, compute: Callable[[], di
     wanted = json.loads(json.dumps({"version": REFERENCE_VERSION, "kind": kind, **key}, sort_keys=True))
     if key_path.exists() and json.loads(key_path.read_text()) == wanted and data_path.exists():
         return load_file(str(data_path))
+    start = time.perf_counter()
     tensors = compute()
     where.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(tensors, data_path)
+    atomic_write_json(where / "seconds.json", {"compute_seconds": time.perf_counter() - start})
     atomic_write_json(key_path, wanted)
     return tensors
