@@ -207,3 +207,21 @@ def absorption(data: LetterData, decomposer, config: AbsorptionConfig = Absorpti
             "full_absorption_rate": float(torch.stack(fulls).mean()),
             "absorption_n_main": sum(n_main) / len(n_main), "absorption_letters": float(len(fractions)),
             "absorption_probe_f1": sum(probe.f1 for probe in probes) / len(probes)}  # fmt: skip
+
+
+def letter_tensors(data: LetterData, probes: list[LetterProbe]) -> dict[str, torch.Tensor]:
+    """The letter data and its probes as named tensors (to keep them on disk); from_letter_tensors reverses it."""
+    d = data.acts.shape[1]
+    return {"acts": data.acts, "letters": data.letters, "test": data.test,
+            "probe_c": torch.tensor([p.c for p in probes], dtype=torch.long),
+            "probe_p": torch.stack([p.p for p in probes]) if probes else torch.zeros(0, d),
+            "probe_predicted": torch.stack([p.predicted for p in probes]) if probes
+            else torch.zeros(0, len(data.letters), dtype=torch.bool),
+            "probe_f1": torch.tensor([p.f1 for p in probes], dtype=torch.float64)}  # fmt: skip
+
+
+def from_letter_tensors(t: dict[str, torch.Tensor]) -> tuple[LetterData, list[LetterProbe]]:
+    """(LetterData, probes) from letter_tensors' dict."""
+    probes = [LetterProbe(int(c), p, predicted, float(f1)) for c, p, predicted, f1
+              in zip(t["probe_c"], t["probe_p"], t["probe_predicted"], t["probe_f1"], strict=True)]  # fmt: skip
+    return LetterData(t["acts"], t["letters"], t["test"]), probes
