@@ -130,9 +130,13 @@ def _l1_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float)
 def _l0_penalty(module, pre: torch.Tensor, codes: torch.Tensor, l1_coeff: float) -> torch.Tensor:
     """l0_coeff * L0, or with a target (as Gemma Scope 2 trains JumpReLU) l0_coeff * d_in * (L0 / target_l0 - 1)^2
     (d_in: the MSE of activations scaled to norm sqrt(d_in) grows with it); L0 is the batch mean, with the
-    straight-through gradient to theta."""
+    straight-through gradient to theta. With l0_per_token the miss is each token's, averaged (SAELens' quadratic
+    mode: it also pulls every token's L0 toward the target, not only the mean)."""
     cfg = module.config
-    l0 = Step.apply(pre, module.log_threshold.exp(), cfg.bandwidth).sum(-1).mean()
+    per_token = Step.apply(pre, module.log_threshold.exp(), cfg.bandwidth).sum(-1)  # [B]
+    if cfg.target_l0 > 0 and cfg.l0_per_token:
+        return cfg.l0_coeff * module.d_in * (per_token / cfg.target_l0 - 1).square().mean()
+    l0 = per_token.mean()
     if cfg.target_l0 > 0:
         return cfg.l0_coeff * module.d_in * (l0 / cfg.target_l0 - 1).square()
     return cfg.l0_coeff * l0

@@ -51,6 +51,9 @@ class SAEConfig:
     """JumpReLU: the log threshold's learning rate as a multiple of lr."""
     target_l0: float = 0.0
     """JumpReLU: train to this mean number of active latents per token (0 = penalize L0 itself)."""
+    l0_per_token: bool = False
+    """JumpReLU with target_l0: the squared relative miss of each token's L0, averaged (SAELens' "quadratic" mode),
+    instead of the miss of the batch's mean L0 (which lets tokens' L0 spread freely around the target)."""
     bandwidth: float = 0.05
     """JumpReLU: width of the rectangle kernel of the straight-through estimator (SAELens' default; at 0.001 the
     threshold hardly moves on activations scaled to norm sqrt(d_in), so L0 cannot be controlled)."""
