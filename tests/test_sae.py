@@ -287,8 +287,10 @@ def test_sparse_training_path_has_the_dense_gradients(architecture):
     assert stats["l0"] == pytest.approx(5, abs=1e-9)  # BatchTopK: exactly k * B kept over the batch (no ties)
 
 
-def test_mp_training_gradients_match_autograd_through_the_plain_loop():
+@pytest.mark.parametrize("backward_rows", [256, 7])  # one block of tokens, and blocks with a ragged last one
+def test_mp_training_gradients_match_autograd_through_the_plain_loop(backward_rows, monkeypatch):
     """MP-SAE's hand-written backward (chosen atoms only) equals autograd through the plain pursuit loop."""
+    monkeypatch.setattr("interp.decompose.mp_sae.BACKWARD_ROWS", backward_rows)
     torch.manual_seed(0)
     module = MPSAE(MPSAEConfig(n_features=48, k=6), d_in=16).module.double()
     with torch.no_grad():
