@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interp.decompose import DecomposerError, load_decomposer
-from interp.decompose.mp_sae import MPSAE, MPSAEConfig, pursuit_reference
+from interp.decompose.mp_sae import MPSAE, MPSAEConfig, pursuit_reference, symmetric_gram
 from interp.decompose.sae.model import SAE, SAEConfig
 from interp.decompose.sae.sparse import JumpReLU, Step
 from interp.evaluate.losses import ce_loss_recovered
@@ -119,6 +119,24 @@ def test_mp_codes_match_a_plain_reference(data, mpsae):
     module = mpsae.module
     reference = pursuit_reference(x, module.W_dec.detach(), module.b_dec.detach(), steps=3)
     assert torch.allclose(mpsae.encode(x), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 4, 7])
+def test_symmetric_gram_is_the_full_product(blocks):
+    """The Gram matrix from the blocks on and above the diagonal (n not a multiple of blocks) is W W^T."""
+    atoms = torch.randn(45, 9, dtype=torch.float64)
+    gram = symmetric_gram(atoms, blocks)
+    assert torch.allclose(gram, atoms @ atoms.T, rtol=1e-12, atol=1e-12)
+
+
+def test_mp_score_updates_agree(data, mpsae, monkeypatch):
+    """The CPU sparse score update and the gathered one (accelerators) select the same atoms and coefficients."""
+    residual = data[0][:64] - mpsae.module.b_dec
+    sparse = mpsae.module.pursue(residual, 6)
+    monkeypatch.setattr("interp.decompose.mp_sae.SCORE_UPDATE", {})
+    gathered = mpsae.module.pursue(residual, 6)
+    assert torch.equal(sparse[0], gathered[0]) and torch.allclose(sparse[1], gathered[1], atol=1e-5)
+    assert (sparse[1] > 0).all()
 
 
 def test_jumprelu_threshold_receives_gradient():
