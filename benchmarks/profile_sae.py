@@ -18,14 +18,14 @@ import time
 import torch
 
 
-def seconds(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls of `fn` after one warm-up call."""
+def seconds(fn, repeats: int, clock=time.perf_counter) -> float:
+    """Best time of `repeats` calls of `fn` after one warm-up call, on `clock`."""
     fn()
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -40,18 +40,21 @@ def build(arch: str, n_latents: int, k: int, batch: int, n_steps: int, device: s
     return SAE(SAEConfig(architecture=arch, **common))
 
 
-def profiled_fit(arch: str, x: torch.Tensor, n_steps: int, args: argparse.Namespace) -> tuple[float, dict]:
-    """(wall seconds, {op: (self CPU microseconds, calls)}) of one whole `fit` of `n_steps` under the profiler."""
+def profiled_fit(
+    arch: str, x: torch.Tensor, n_steps: int, args: argparse.Namespace
+) -> tuple[float, float, dict]:
+    """(wall seconds, process CPU seconds, {op: (self CPU microseconds, calls)}) of one whole `fit` of `n_steps`
+    under the profiler."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     model = build(arch, args.latents, args.k, args.batch, n_steps, args.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch_profile(activities=activities) as prof:
         model.fit(x, progress=False)
-    wall = time.perf_counter() - start
-    return wall, {e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()}
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall, cpu, {e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()}
 
 
 def profile(arch: str, x: torch.Tensor, args: argparse.Namespace) -> None:
@@ -59,9 +62,9 @@ def profile(arch: str, x: torch.Tensor, args: argparse.Namespace) -> None:
     evaluation cancel out)."""
     build(arch, args.latents, args.k, args.batch, 2, args.device).fit(x, progress=False)  # warm-up
     n = args.steps
-    wall_n, ops_n = profiled_fit(arch, x, n, args)
-    wall_2n, ops_2n = profiled_fit(arch, x, 2 * n, args)
-    per_step = (wall_2n - wall_n) / n
+    wall_n, cpu_n, ops_n = profiled_fit(arch, x, n, args)
+    wall_2n, cpu_2n, ops_2n = profiled_fit(arch, x, 2 * n, args)
+    per_step, cpu_step = (wall_2n - wall_n) / n, (cpu_2n - cpu_n) / n
     ops = {
         k: ((t - ops_n.get(k, (0, 0))[0]) / n, (c - ops_n.get(k, (0, 0))[1]) / n)
         for k, (t, c) in ops_2n.items()
@@ -70,8 +73,11 @@ def profile(arch: str, x: torch.Tensor, args: argparse.Namespace) -> None:
     w = torch.randn(x.shape[1], args.latents, device=x.device)
     batch = x[: args.batch]
     matmul = seconds(lambda: batch @ w, 5)
+    cpu_matmul = seconds(lambda: batch @ w, 5, time.process_time)
     print(f"\n{arch}: {per_step * 1e3:.1f} ms per step (profiled) = {per_step / matmul:.1f}x one encoder matmul "
-          f"({matmul * 1e3:.2f} ms for [{args.batch}, {x.shape[1]}] x [{x.shape[1]}, {args.latents}])")  # fmt: skip
+          f"({matmul * 1e3:.2f} ms for [{args.batch}, {x.shape[1]}] x [{x.shape[1]}, {args.latents}]); "
+          f"CPU time (steadier on a shared machine): {cpu_step * 1e3:.1f} ms = {cpu_step / cpu_matmul:.1f}x "
+          f"({cpu_matmul * 1e3:.2f} ms)")  # fmt: skip
     print(f"{'op':<42} {'share':>7} {'ms/step':>9} {'calls/step':>11}")
     for key, (t, calls) in sorted(ops.items(), key=lambda item: -item[1][0])[: args.top]:
         print(f"{key[:42]:<42} {t / total:7.1%} {t / 1e3:9.2f} {calls:11.1f}")

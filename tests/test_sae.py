@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interp.decompose import DecomposerError, load_decomposer
-from interp.decompose.mp_sae import MPSAE, MPSAEConfig, pursuit_reference
+from interp.decompose.mp_sae import MPSAE, MPSAEConfig, pursuit_reference, symmetric_gram
 from interp.decompose.sae.model import SAE, SAEConfig
 from interp.decompose.sae.sparse import JumpReLU, Step
 from interp.evaluate.losses import ce_loss_recovered
@@ -119,6 +119,24 @@ def test_mp_codes_match_a_plain_reference(data, mpsae):
     module = mpsae.module
     reference = pursuit_reference(x, module.W_dec.detach(), module.b_dec.detach(), steps=3)
     assert torch.allclose(mpsae.encode(x), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 4, 7])
+def test_symmetric_gram_is_the_full_product(blocks):
+    """The Gram matrix from the blocks on and above the diagonal (n not a multiple of blocks) is W W^T."""
+    atoms = torch.randn(45, 9, dtype=torch.float64)
+    gram = symmetric_gram(atoms, blocks)
+    assert torch.allclose(gram, atoms @ atoms.T, rtol=1e-12, atol=1e-12)
+
+
+def test_mp_score_updates_agree(data, mpsae, monkeypatch):
+    """The CPU sparse score update and the gathered one (accelerators) select the same atoms and coefficients."""
+    residual = data[0][:64] - mpsae.module.b_dec
+    sparse = mpsae.module.pursue(residual, 6)
+    monkeypatch.setattr("interp.decompose.mp_sae.SCORE_UPDATE", {})
+    gathered = mpsae.module.pursue(residual, 6)
+    assert torch.equal(sparse[0], gathered[0]) and torch.allclose(sparse[1], gathered[1], atol=1e-5)
+    assert (sparse[1] > 0).all()
 
 
 def test_jumprelu_threshold_receives_gradient():
@@ -287,8 +305,10 @@ def test_sparse_training_path_has_the_dense_gradients(architecture):
     assert stats["l0"] == pytest.approx(5, abs=1e-9)  # BatchTopK: exactly k * B kept over the batch (no ties)
 
 
-def test_mp_training_gradients_match_autograd_through_the_plain_loop():
+@pytest.mark.parametrize("backward_rows", [256, 7])  # one block of tokens, and blocks with a ragged last one
+def test_mp_training_gradients_match_autograd_through_the_plain_loop(backward_rows, monkeypatch):
     """MP-SAE's hand-written backward (chosen atoms only) equals autograd through the plain pursuit loop."""
+    monkeypatch.setattr("interp.decompose.mp_sae.BACKWARD_ROWS", backward_rows)
     torch.manual_seed(0)
     module = MPSAE(MPSAEConfig(n_features=48, k=6), d_in=16).module.double()
     with torch.no_grad():

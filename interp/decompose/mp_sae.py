@@ -29,6 +29,8 @@ from interp.decompose.sae.unit_decoder import normalize_rows_, remove_parallel_g
 
 GROUP = 64
 """Atoms per group in the two-level argmax of the pursuit."""
+BACKWARD_ROWS = 256
+"""Tokens per block of the backward walk (its `[rows, d_in]` tensors stay in cache: measured best of 64-4096)."""
 
 
 MPSAE_RANGES = {
@@ -75,67 +77,72 @@ class MPSAEConfig:
         return self.lr
 
 
-def _dots_with_atoms(grad: torch.Tensor, w_dec: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """<grad[b], W[idx[b, t]]> `[B, T]` (duplicates allowed): the per-sample-weight gradient of embedding_bag."""
-    with torch.enable_grad():
-        weights = torch.zeros(idx.shape, dtype=w_dec.dtype, device=w_dec.device, requires_grad=True)
-        out = nn.functional.embedding_bag(idx, w_dec.detach(), mode="sum", per_sample_weights=weights)
-        return torch.autograd.grad(out, weights, grad)[0]
-
-
 class _PursuitResidual(torch.autograd.Function):
     """The residual r_T `[B, d]` after T pursuit steps (idx, coefs) `[B, T]` chosen without gradient:
         r_0 = x - b_dec;  c_t = ReLU(<r_{t-1}, a_t>);  r_t = r_{t-1} - c_t a_t    (a_t = W[j_t])
     Forward: r_T = r_0 - sum_t c_t a_t (one embedding_bag; the c_t are the selection's values).
 
-    Backward in closed form, no loop over steps. With g_t = dL/dr_t and e_t = [c_t > 0] <g_t, a_t>,
-    g_{t-1} = g_t - e_t a_t, so g_t = g_T - sum_{s>t} e_s a_s, and e solves, per token, the unit triangular
-    system (I + diag(m) triu(K, 1)) e = m * <g_T, a_t> with K = G[j, j] `[T, T]` (from the Gram matrix) and
-    m = [c > 0]. Then
-        dL/dr_0 = g_T - sum_t e_t a_t
-        dL/dW[j_t] += -c_t g_t - e_t r_{t-1}   (r_{t-1} = r_T + sum_{s>=t} c_s a_s)
-                    = -c_t g_T - e_t r_T + sum_s M[t, s] a_s,   M = triu(c e^T, 1) - triu(e c^T)
-    so dW = -S_c^T g_T - S_e^T r_T + Q W, S_c, S_e `[B, n_atoms]` sparse (T entries a token) and Q `[n_atoms,
-    n_atoms]` summing M over tokens at (j_t, j_s). Only the chosen atoms carry gradient."""
+    Backward: one loop back over the steps, O(B d) work each (no [n_atoms, n_atoms] matrix, no Gram matrix).
+    With g_t = dL/dr_t and m_t = [c_t > 0] (c_t = ReLU(.) depends on r_{t-1} and a_t):
+        e_t = m_t <g_t, a_t>;   g_{t-1} = g_t - e_t a_t;   r_{t-1} = r_t + c_t a_t
+        dL/dW[j_t] += -c_t g_t - e_t r_{t-1};   dL/dr_0 = g_0
+    Only the chosen atoms carry gradient (index_add of one `[B, d]` block a step)."""
 
     @staticmethod
-    def forward(ctx, r0, w_dec, idx, coefs, gram):
+    def forward(ctx, r0, w_dec, idx, coefs):
         r_final = r0 - nn.functional.embedding_bag(idx, w_dec, mode="sum", per_sample_weights=coefs)
-        ctx.save_for_backward(r_final, w_dec, idx, coefs, gram)
+        ctx.save_for_backward(r_final, w_dec, idx, coefs)
         return r_final
 
     @staticmethod
     def backward(ctx, grad):
-        r_final, w_dec, idx, coefs, gram = ctx.saved_tensors
-        grad = grad.contiguous()
-        n_tokens, steps = idx.shape
-        n_atoms = w_dec.shape[0]
-        used = (coefs > 0).to(w_dec.dtype)  # m
-        first, second = torch.triu_indices(steps, steps, device=idx.device)  # pairs t <= s
-        j_first, j_second = idx[:, first], idx[:, second]  # [B, P]
-        strict = first < second
-        pair_gram = torch.zeros(n_tokens, steps, steps, dtype=w_dec.dtype, device=w_dec.device)  # triu(K, 1)
-        pair_gram[:, first[strict], second[strict]] = torch.take(
-            gram, j_first[:, strict] * gram.shape[1] + j_second[:, strict]
-        ).to(w_dec.dtype)
-        system = torch.eye(steps, dtype=w_dec.dtype, device=w_dec.device) + used[:, :, None] * pair_gram
-        rhs = used * _dots_with_atoms(grad, w_dec, idx)
-        e = torch.linalg.solve_triangular(system, rhs[:, :, None], upper=True, unitriangular=True)[..., 0]
-        grad_r0 = grad - nn.functional.embedding_bag(idx, w_dec, mode="sum", per_sample_weights=e)
-        # M[t, s] for t <= s: c_t e_s - e_t c_s off the diagonal, -e_t c_t on it
-        pairs = coefs[:, first] * e[:, second] * strict - e[:, first] * coefs[:, second]
-        q = w_dec.new_zeros(n_atoms * n_atoms)
-        q.index_add_(0, (j_first * n_atoms + j_second).reshape(-1), pairs.reshape(-1))
-        q = q.view(n_atoms, n_atoms)
-        grad_w = q @ w_dec
-        tokens = torch.arange(n_tokens, device=idx.device).repeat_interleave(steps)
-        pattern = torch.stack([idx.reshape(-1), tokens])
-        for weights, dense in ((coefs, grad), (e, r_final)):
-            scatter = torch.sparse_coo_tensor(
-                pattern, weights.reshape(-1), (n_atoms, n_tokens), check_invariants=False
-            )
-            grad_w.addmm_(scatter, dense, alpha=-1)
-        return grad_r0, grad_w, None, None, None
+        r_final, w_dec, idx, coefs = ctx.saved_tensors
+        grad_w, grad_r0 = torch.zeros_like(w_dec), torch.empty_like(grad)
+        used = coefs > 0
+        for start in range(0, idx.shape[0], BACKWARD_ROWS):  # blocks of tokens, so g and r stay in cache
+            rows = slice(start, start + BACKWARD_ROWS)
+            g, r = grad[rows].clone(), r_final[rows].clone()  # g_t, r_t `[rows, d]`, walked back from t = T
+            for step in range(idx.shape[1] - 1, -1, -1):
+                j = idx[rows, step]
+                atom = w_dec.index_select(0, j)  # a_t
+                c = coefs[rows, step, None]
+                e = torch.where(used[rows, step, None], torch.linalg.vecdot(g, atom)[:, None], 0.0)
+                r.addcmul_(atom, c)  # r_{t-1}
+                grad_w.index_add_(0, j, torch.addcmul(g * c, r, e), alpha=-1)
+                g.addcmul_(atom, e, value=-1)  # g_{t-1}
+            grad_r0[rows] = g
+        return grad_r0, grad_w, None, None
+
+
+def _update_sparse(scores: torch.Tensor, gram: torch.Tensor, j: torch.Tensor, c: torch.Tensor) -> None:
+    """scores `[rows, width]` -= c[b] * gram[j[b]] as one sparse (one entry a row) x dense product: reads each
+    Gram row into its score row directly, no gathered copy (CPU: ~25% off the pursuit, benchmarks/profile_sae.py)."""
+    rows = torch.arange(j.shape[0], device=j.device)
+    one_hot = torch.sparse_coo_tensor(
+        torch.stack([rows, j]), c, (j.shape[0], gram.shape[0]), check_invariants=False
+    )
+    scores.addmm_(one_hot, gram, alpha=-1)
+
+
+def _update_gathered(scores: torch.Tensor, gram: torch.Tensor, j: torch.Tensor, c: torch.Tensor) -> None:
+    """The same update as a gather of Gram rows and one fused multiply-add (accelerators)."""
+    scores.addcmul_(gram.index_select(0, j), c[:, None], value=-1)
+
+
+SCORE_UPDATE = {"cpu": _update_sparse}
+"""The pursuit's score update by device type (others: `_update_gathered`)."""
+
+
+def symmetric_gram(atoms: torch.Tensor, blocks: int = 8) -> torch.Tensor:
+    """atoms atoms^T `[n, n]` from the products of blocks of rows on and above the diagonal only, the rest
+    mirrored: (blocks + 1) / (2 blocks) of the multiply-adds of one full product."""
+    n = atoms.shape[0]
+    gram = atoms.new_empty(n, n)
+    bounds = [n * i // blocks for i in range(blocks + 1)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        gram[lo:hi, lo:] = atoms[lo:hi] @ atoms[lo:].T
+        gram[hi:, lo:hi] = gram[lo:hi, hi:].T
+    return gram
 
 
 class MPSAEModule(nn.Module):
@@ -157,7 +164,7 @@ class MPSAEModule(nn.Module):
         if cached is None or cached[0] != key:
             work = atoms.float() if atoms.dtype in (torch.float16, torch.bfloat16) else atoms
             n_atoms = work.shape[0]
-            gram, width = work @ work.T, -(-n_atoms // GROUP) * GROUP
+            gram, width = symmetric_gram(work), -(-n_atoms // GROUP) * GROUP
             if width != n_atoms:
                 gram = nn.functional.pad(gram, (0, width - n_atoms))
             cached = self._gram_cache = (key, gram)
@@ -169,10 +176,10 @@ class MPSAEModule(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy selection: atom indices `[n, steps]` and coefficients `[n, steps]` (0 once a token is done).
 
-        Tokens go in blocks of `block_rows`, so a block's scores `[block_rows, n_atoms]` and the Gram rows it
-        gathers stay in cache across the steps. A step is a two-level argmax (max of each group of GROUP atoms,
-        then the best group, then the atom within it: far cheaper than a flat max with indices), one gather of
-        Gram rows and one fused update (scores -= c * G[j]).
+        Tokens go in blocks of `block_rows` (bounds the `[block_rows, n_atoms]` score block; on CPU the time
+        hardly moves from 32 to 4096 rows: each step reads `block_rows` Gram rows from memory either way). A step
+        is a two-level argmax (max of each group of GROUP atoms, then the best group, then the atom within it: far
+        cheaper than a flat max with indices) and one score update scores -= c * G[j] (SCORE_UPDATE).
         """
         gram = self.gram()
         n_atoms, width = gram.shape
@@ -181,13 +188,12 @@ class MPSAEModule(nn.Module):
         n = residual.shape[0]
         idx = torch.zeros(n, steps, dtype=torch.long, device=residual.device)
         coefs = torch.zeros(n, steps, dtype=gram.dtype, device=residual.device)
-        scores = gathered = None
+        scores, update = None, SCORE_UPDATE.get(residual.device.type, _update_gathered)
         for start in range(0, n, block_rows):  # loops over blocks and steps; tokens and atoms are tensor dims
             r = residual[start : start + block_rows]
             rows = torch.arange(r.shape[0], device=r.device)
             if scores is None or scores.shape[0] != r.shape[0]:
                 scores = torch.full((r.shape[0], width), -math.inf, dtype=gram.dtype, device=r.device)
-                gathered = torch.empty_like(scores)
             if width == n_atoms:
                 torch.mm(r, atoms.T, out=scores)
             else:
@@ -205,8 +211,7 @@ class MPSAEModule(nn.Module):
                     best *= active
                 idx[start : start + block_rows, step] = j
                 coefs[start : start + block_rows, step] = best
-                torch.index_select(gram, 0, j, out=gathered)
-                scores.addcmul_(gathered, best[:, None], value=-1)  # scores -= c * G[j]
+                update(scores, gram, j, best)  # scores -= c * G[j]
                 if norm2 is not None:
                     norm2 -= best.square()
         return idx, coefs
@@ -230,7 +235,7 @@ class MPSAEModule(nn.Module):
     ) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
             idx, coefs = self.pursue(x - self.b_dec, self.config.k)
-        residual = _PursuitResidual.apply(x - self.b_dec, self.W_dec, idx, coefs.to(x.dtype), self.gram())
+        residual = _PursuitResidual.apply(x - self.b_dec, self.W_dec, idx, coefs.to(x.dtype))
         mse = residual.square().sum(-1).mean()
         fired = torch.zeros(self.config.n_features, device=x.device).index_add_(
             0, idx.reshape(-1), (coefs > 0).float().reshape(-1)
