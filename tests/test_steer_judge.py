@@ -174,3 +174,15 @@ def test_steer_judge_through_a_real_server(tmp_path, fixed_method, judge_server,
     assert dead.exit_code == 2 and "unreachable" in dead.output and "Traceback" not in dead.output
     assert not (tmp_path / "dead").exists()
     assert re.search(r"\| unsteered \| - \| 2\.000", judged.output)
+
+
+def test_a_rating_without_brackets_is_read_and_other_numbers_are_not():
+    """SmolLM2-135M, asked for `Rating: [[N]]`, often answers `Rating: 2` followed by more text."""
+    from interp.steer.llm_judge import parse_rating
+
+    assert parse_rating("Rating: 2\n\nThe text fragment below is rated 2 out of 5.") == 2.0
+    assert parse_rating("Careful.\n\nRating: 1. You need to be careful.\n\nThe rating is 1.") == 1.0
+    assert parse_rating("rating: 0 at first; Rating: 2 on reflection") == 2.0
+    assert parse_rating("Rating: 2/5") is None and parse_rating("Rating: 1.5 stars") is None
+    assert parse_rating("It is rated 2 out of 5") is None and parse_rating("Rating: 7") is None
+    assert parse_rating("Rating: [[0]] though Rating: 2") == 0.0  # the bracketed form wins

@@ -46,6 +46,9 @@ RUBRICS = {
 RATINGS = tuple(RUBRICS)
 _RATING = re.compile(r"\[\[\s*([0-2](?:\.\d+)?)\s*\]\]")
 _BARE = re.compile(r"^\s*(?:rating:?\s*)?([0-2])\s*\.?\s*$", re.IGNORECASE)
+_LABELLED = re.compile(
+    r"\brating:\s*([0-2])(?![\d/]|\.\d)", re.IGNORECASE
+)  # "Rating: 2" without the brackets
 
 
 class JudgeError(ConnectionError):
@@ -65,11 +68,12 @@ def judge_prompt(rating: str, text: str, concept: str, instruction: str) -> str:
 
 
 def parse_rating(reply: str) -> float | None:
-    """The last `[[N]]` rating in a reply (or a bare digit reply), None when there is none."""
+    """The last `[[N]]` rating in a reply, else a bare digit reply, else the last `Rating: N` (small judges drop
+    the brackets); None when there is none."""
     found = _RATING.findall(reply)
     if found:
         return min(float(found[-1]), 2.0)
-    bare = _BARE.match(reply)
+    bare = _BARE.match(reply) or ([*_LABELLED.finditer(reply)] or [None])[-1]
     return float(bare.group(1)) if bare else None
 
 
