@@ -161,6 +161,36 @@ def test_cache_keeps_whole_lines_after_a_torn_write(tmp_path):
     assert ResponseCache(path).get("d") == "fourth" and len(ResponseCache(path)) == 3
 
 
+def test_the_map_bar_advances_per_reply_and_ends_at_the_request_count(monkeypatch):
+    """The old `map` waited with FIRST_EXCEPTION (which returns only when every request is done), so the bar sat
+    at 0 during the run and showed 1/N at its end (redirected to a file: the 959 later updates fell inside one
+    refresh interval, then the bar was cleared)."""
+    import io
+    import time
+
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    n, saw_progress = 6, []
+    client = LLMClient(LLMConfig(url="http://127.0.0.1:9/v1", model="m", concurrency=8))
+
+    def chat(messages, **params):
+        if messages[0]["content"] == "0":
+            time.sleep(0.3)  # past tqdm's refresh interval, so the first reply is drawn
+            return "0"
+        deadline = time.monotonic() + 3
+        while f"| 1/{n}" not in log.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the others answer once the bar has counted the first reply
+        saw_progress.append(f"| 1/{n}" in log.getvalue())
+        return messages[0]["content"]
+
+    monkeypatch.setattr(client, "chat", chat)
+    replies = client.map([[{"role": "user", "content": str(i)}] for i in range(n)], desc="score")
+    assert replies == [str(i) for i in range(n)]
+    assert saw_progress == [True] * (n - 1)  # the bar moved while requests were still out
+    last = [part for part in log.getvalue().replace("\n", "\r").split("\r") if part.strip()][-1]
+    assert f"| {n}/{n}" in last, last
+
+
 # ------------------------------------------------------------------------------------------ examples
 @pytest.fixture(scope="module")
 def toy_index(tmp_path_factory) -> Path:

@@ -17,15 +17,16 @@ from interp.cli.fit import fit_cmd
 from interp.cli.import_ import import_cmd
 from interp.cli.index import index_cmd
 from interp.cli.steer_eval import steer_eval_cmd
+from interp.cli.steer_judge import steer_judge_cmd
 from interp.core.paths import ONLINE_VARIABLE
 
-HELP = "capture | fit | import | evaluate | bench | index | explain | browse | steer-eval | models | summary | demo"
+HELP = "capture | fit | import | evaluate | bench | index | explain | browse | steer-eval | steer-judge | models | summary | demo"
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
 
 COMMANDS = {
     "capture": capture_cmd, "summary": summary_cmd, "models": models_cmd, "fit": fit_cmd,
     "evaluate": evaluate_cmd, "index": index_cmd, "explain": explain_cmd, "browse": browse_cmd,
-    "steer-eval": steer_eval_cmd, "demo": demo_cmd, "import": import_cmd,
+    "steer-eval": steer_eval_cmd, "demo": demo_cmd, "import": import_cmd, "steer-judge": steer_judge_cmd,
 }  # fmt: skip
 GROUPS = {"bench": bench_app}  # commands with subcommands
 

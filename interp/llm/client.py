@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,16 +175,18 @@ class LLMClient:
     def map(self, conversations: list[Messages], desc: str = "LLM", progress: bool = True,
             **params: Any) -> list[str | None]:  # fmt: skip
         """`chat(c, **params)` of each conversation, `concurrency` at a time, in order; the first `LLMError`
-        stops them all."""
+        stops them all. The bar advances as each reply arrives and is left showing the final count."""
         out: list[str | None] = [None] * len(conversations)
         if not conversations:
             return out
-        bar = tqdm(total=len(conversations), desc=desc, disable=not progress, leave=False)
+        bar = tqdm(total=len(conversations), desc=desc, disable=not progress)
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             futures = {pool.submit(self.chat, c, **params): i for i, c in enumerate(conversations)}
             pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            while (
+                pending
+            ):  # FIRST_COMPLETED: with FIRST_EXCEPTION, wait returned only once every request was done
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future.exception() is not None:
                         for other in pending:

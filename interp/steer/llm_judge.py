@@ -13,6 +13,8 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,6 +46,9 @@ RUBRICS = {
 RATINGS = tuple(RUBRICS)
 _RATING = re.compile(r"\[\[\s*([0-2](?:\.\d+)?)\s*\]\]")
 _BARE = re.compile(r"^\s*(?:rating:?\s*)?([0-2])\s*\.?\s*$", re.IGNORECASE)
+_LABELLED = re.compile(
+    r"\brating:\s*([0-2])(?![\d/]|\.\d)", re.IGNORECASE
+)  # "Rating: 2" without the brackets
 
 
 class JudgeError(ConnectionError):
@@ -63,11 +68,12 @@ def judge_prompt(rating: str, text: str, concept: str, instruction: str) -> str:
 
 
 def parse_rating(reply: str) -> float | None:
-    """The last `[[N]]` rating in a reply (or a bare digit reply), None when there is none."""
+    """The last `[[N]]` rating in a reply, else a bare digit reply, else the last `Rating: N` (small judges drop
+    the brackets); None when there is none."""
     found = _RATING.findall(reply)
     if found:
         return min(float(found[-1]), 2.0)
-    bare = _BARE.match(reply)
+    bare = _BARE.match(reply) or ([*_LABELLED.finditer(reply)] or [None])[-1]
     return float(bare.group(1)) if bare else None
 
 
@@ -107,16 +113,18 @@ def check_complete(complete: Complete) -> None:
 
 
 def client_complete(url: str, model: str, key_env: str | None = None, timeout: float = 60.0,
-                    concurrency: int = 4, retries: int = 2) -> Complete:  # fmt: skip
+                    concurrency: int = 4, retries: int = 2, max_tokens: int = 256,
+                    cache_path: str | Path | None = None) -> Complete:  # fmt: skip
     """A `Complete` through the project's LLM client (`interp.llm`, the official `openai` package): temperature 0,
     `concurrency` requests at once, retries with backoff. A request the server rejects gives an empty reply (counted
-    as unparseable); an endpoint that cannot be used at all raises JudgeError."""
+    as unparseable); an endpoint that cannot be used at all raises JudgeError. With `cache_path`, replies are kept
+    in that JSON-lines file and a request asked before is answered from it."""
     config = LLMConfig(url=url, model=model, key_env=key_env, timeout=timeout, retries=retries, backoff=0.5,
-                       concurrency=concurrency, max_tokens=256, temperature=0.0)  # fmt: skip
+                       concurrency=concurrency, max_tokens=max_tokens, temperature=0.0)  # fmt: skip
 
     def complete(prompts: list[str]) -> list[str]:
         try:
-            replies = LLMClient(config).map(
+            replies = LLMClient(config, cache_path).map(
                 [[{"role": "user", "content": p}] for p in prompts], progress=False
             )
         except LLMError as e:
@@ -126,8 +134,9 @@ def client_complete(url: str, model: str, key_env: str | None = None, timeout: f
     return complete
 
 
-def complete_from_env() -> Complete:
-    """`client_complete` from INTERP_JUDGE_URL / INTERP_JUDGE_MODEL, the key in INTERP_JUDGE_KEY when set."""
+def complete_from_env(**options: Any) -> Complete:
+    """`client_complete` from INTERP_JUDGE_URL / INTERP_JUDGE_MODEL, the key in INTERP_JUDGE_KEY when set;
+    `options` are client_complete's (timeout, concurrency, max_tokens, cache_path)."""
     url = os.environ.get("INTERP_JUDGE_URL")
     if not url:
         raise JudgeError(
@@ -135,4 +144,9 @@ def complete_from_env() -> Complete:
             "http://127.0.0.1:8000/v1) and INTERP_JUDGE_MODEL; or use --judge offline"
         )
     key_env = "INTERP_JUDGE_KEY" if os.environ.get("INTERP_JUDGE_KEY") else None
-    return client_complete(url, os.environ.get("INTERP_JUDGE_MODEL", "gpt-4o-mini"), key_env)
+    return client_complete(url, judge_model(), key_env, **options)
+
+
+def judge_model() -> str:
+    """The LLM judge's model name (INTERP_JUDGE_MODEL)."""
+    return os.environ.get("INTERP_JUDGE_MODEL", "gpt-4o-mini")

@@ -55,7 +55,7 @@ def flat_frame(rows: list[dict]):
 
     lines = []
     for row in rows:
-        line = {k: v for k, v in row.items() if k not in ("select", "test", "texts")}
+        line = {k: v for k, v in row.items() if k not in ("select", "test", "texts", "select_texts")}
         for split in ("select", "test"):
             for key, value in row[split].items():
                 line[f"{split}_{key}"] = _mean(value) if isinstance(value, list) else value
@@ -171,8 +171,10 @@ def _judge_notes(rows: list[dict], unsteered: list[dict], layout: Layout) -> lis
     notes = []
     every = rows + unsteered
     if layout.judge != "offline":
-        bad = sum(r[s].get("unparseable", 0) for r in every for s in ("select", "test"))
-        total = sum(3 * len(r[s]["score"]) for r in every for s in ("select", "test"))
+        rated = [
+            r[s] for r in every for s in ("select", "test") if "llm_score" in r[s]
+        ]  # splits the LLM rated
+        bad, total = sum(s.get("unparseable", 0) for s in rated), sum(3 * len(s["llm_score"]) for s in rated)
         notes.append(f"LLM ratings that could not be parsed (rated 0): {bad} of {total}.")
     if layout.judge == "both":
         rho = [r["test"]["spearman"] for r in every if not math.isnan(r["test"].get("spearman", math.nan))]

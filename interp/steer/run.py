@@ -8,7 +8,9 @@ Output folder:
 - `config.json`: the run's settings (a rerun with other settings into the same folder is refused)
 - `detection.csv`: held-out AUROC per concept and method (features, difference-in-means, random, probe)
 - `output_scores.json` (with `--selection output`): the output score of each candidate feature per method
-- `cells.jsonl`: one line per finished cell, unsteered rows included (a rerun skips these: interrupted runs resume)
+- `cells.jsonl`: one line per finished cell, unsteered rows included (a rerun skips these: interrupted runs resume),
+  with the generated texts of both splits (`texts`: test, `select_texts`: selection), so `interp steer-judge` can
+  judge them again
 - `results.parquet`, `results.csv`, `summary.md`, `score_vs_kl.html`, `best_scores.html`, `concept_vs_fluency.html`
 """
 
@@ -346,7 +348,7 @@ class _Sweep:
                 self._append({"concept": concept, "method": UNSTEERED, "kind": "none", "sign": 0, "target": 0.0,
                               "alpha": 0.0, "kl": 0.0, "reached": True, "reason": "", "site": "-",
                               "reference": {s: float(t.perplexity.median()) for s, t in generated.items()},
-                              "texts": generated["test"].texts,
+                              "texts": generated["test"].texts, "select_texts": generated["select"].texts,
                               **{s: self.judges.judge(generated[s], concept) for s in SPLITS}})  # fmt: skip
         rows = [self.finished[c, UNSTEERED, "none", 0, 0.0] for c in concepts]
         self.reference = dict(rows[0]["reference"])
@@ -378,7 +380,7 @@ class _Sweep:
             generated = {s: self._generate(s, site, signed, alpha) for s in SPLITS}
             self._append({"concept": concept, "method": method, "kind": kind, "sign": sign, "target": value,
                           "alpha": alpha, "kl": kl, "reached": reached, "reason": reason, "site": site.name,
-                          "texts": generated["test"].texts,
+                          "texts": generated["test"].texts, "select_texts": generated["select"].texts,
                           **{s: self.judges.judge(generated[s], concept) for s in SPLITS}})  # fmt: skip
         return [self.finished[cell] for cell in grid]
 

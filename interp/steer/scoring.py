@@ -43,13 +43,17 @@ class Judges:
         out: dict = {}
         for name in JUDGE_MODES[self.mode]:
             out.update(JUDGE_FUNCTIONS[name](self, cell, concept))
-        primary = PRIMARY[self.mode]
-        out.update({key: out[f"{primary}_{key}"] for key in SCORES})
-        if len(JUDGE_MODES[self.mode]) > 1:
-            out["spearman"] = rank_agreement(
-                torch.tensor(out["offline_score"]), torch.tensor(out["llm_score"])
-            )
-        return out
+        return combined(self.mode, out)
+
+
+def combined(mode: str, scores: dict) -> dict:
+    """`scores` (every judge's, under its prefix) plus the plain names of the mode's primary judge, and `spearman`
+    of the offline and LLM scores when the mode has both."""
+    out = dict(scores)
+    out.update({key: out[f"{PRIMARY[mode]}_{key}"] for key in SCORES})
+    if len(JUDGE_MODES[mode]) > 1:
+        out["spearman"] = rank_agreement(torch.tensor(out["offline_score"]), torch.tensor(out["llm_score"]))
+    return out
 
 
 def offline_scores(judges: Judges, cell: Texts, concept: str) -> dict:
@@ -63,9 +67,13 @@ def offline_scores(judges: Judges, cell: Texts, concept: str) -> dict:
 
 
 def llm_scores(judges: Judges, cell: Texts, concept: str) -> dict:
-    """AxBench's three ratings; on topic = a concept rating of at least 1."""
     assert judges.complete is not None
-    rated = rate_texts(judges.complete, cell.texts, concept, cell.instructions)
+    return llm_ratings(judges.complete, cell.texts, cell.instructions, concept)
+
+
+def llm_ratings(complete: Complete, texts: list[str], instructions: list[str], concept: str) -> dict:
+    """AxBench's three ratings of `texts` (each continuing `instructions[i]`); on topic = a concept rating >= 1."""
+    rated = rate_texts(complete, texts, concept, instructions)
     return {"llm_score": rated.score.tolist(), "llm_concept": rated.ratings["concept"].tolist(),
             "llm_instruction": rated.ratings["instruction"].tolist(),
             "llm_fluency": rated.ratings["fluency"].tolist(),
