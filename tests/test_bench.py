@@ -13,6 +13,30 @@ from typer.testing import CliRunner
 from interp.cli import app
 
 runner = CliRunner()
+
+
+def tiny_store(tmp_path, n_tokens: int) -> str:
+    """A tiny-llama `1.resid_post` store of `n_tokens` from a small cats-and-dogs corpus; returns its folder."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(
+        "\n\n".join(f"Paragraph {i} talks about cats, dogs and the number {i * 7}." for i in range(40))
+    )
+    capture = ["capture", "--model", "tiny-llama", "--sites", "1.resid_post", "--corpus", str(corpus),
+               "--n-tokens", str(n_tokens), "--context-len", "32", "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, capture).exit_code == 0
+    return str(tmp_path / "run" / "1.resid_post")
+
+
+def labelled_csv(path, n_texts: int):
+    """A text,label csv of `n_texts` alternating cat (1) and stock-price (0) sentences; returns `path`."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(n_texts):
+            writer.writerow([f"the cat sat on mat {i}" if i % 2 else f"stock prices rose {i} percent", i % 2])
+    return path
+
+
 TINY = ["--preset", "tiny", "--device", "cpu", "--set", "n_steps=8", "--set", "n_train=1024",
         "--set", "n_eval=512", "--set", "batch_size=128"]  # fmt: skip
 
@@ -68,23 +92,11 @@ def test_synthetic_bench_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_store_bench_core_metrics_and_probing_on_a_user_csv(tmp_path):
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(
-        "\n\n".join(f"Paragraph {i} talks about cats, dogs and the number {i * 7}." for i in range(40))
-    )
-    capture = ["capture", "--model", "tiny-llama", "--sites", "1.resid_post", "--corpus", str(corpus),
-               "--n-tokens", "800", "--context-len", "32", "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
-    assert runner.invoke(app, capture).exit_code == 0
-    store = str(tmp_path / "run" / "1.resid_post")
+    store = tiny_store(tmp_path, 800)
     fit = ["fit", "--method", "topk", "--store", store, "--out", str(tmp_path / "topk"), "--k", "32",
            "--topk-k", "4", "--n-steps", "10", "--batch-size", "128", "--device", "cpu"]  # fmt: skip
     assert runner.invoke(app, fit).exit_code == 0
-    labelled = tmp_path / "probe.csv"
-    with open(labelled, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(24):
-            writer.writerow([f"the cat sat on mat {i}" if i % 2 else f"stock prices rose {i} percent", i % 2])
+    labelled = labelled_csv(tmp_path / "probe.csv", 24)
     args = ["bench", "store", str(tmp_path / "topk"), "--out", str(tmp_path / "b"), "--n-contexts", "2",
             "--probe", str(labelled), "--n-texts", "24", "--device", "cpu"]  # fmt: skip
     result = runner.invoke(app, args)

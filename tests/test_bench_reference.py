@@ -10,6 +10,7 @@ import json
 import torch
 from fixed_decomposer import FixedConfig, FixedDirections, SplitIdentity
 from test_absorption import planted
+from test_bench import labelled_csv, tiny_store
 from test_splice import contexts
 from typer.testing import CliRunner
 
@@ -91,24 +92,12 @@ def test_store_bench_reuses_references_across_calls_and_matches_a_fresh_run(tmp_
     """A second `bench store` call with another decomposer reads the first call's references (the clean /
     zero passes and the probing texts are not recomputed) and scores it exactly as a run without them; other
     settings (another --n-contexts) in a new folder are computed afresh."""
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(
-        "\n\n".join(f"Paragraph {i} talks about cats, dogs and the number {i * 7}." for i in range(40))
-    )
-    capture = ["capture", "--model", "tiny-llama", "--sites", "1.resid_post", "--corpus", str(corpus),
-               "--n-tokens", "400", "--context-len", "32", "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
-    assert runner.invoke(app, capture).exit_code == 0
-    store = str(tmp_path / "run" / "1.resid_post")
+    store = tiny_store(tmp_path, 400)
     for name, k in (("a", 4), ("b", 8)):
         fit = ["fit", "--method", "topk", "--store", store, "--out", str(tmp_path / name), "--k", "32",
                "--topk-k", str(k), "--n-steps", "5", "--batch-size", "128", "--device", "cpu"]  # fmt: skip
         assert runner.invoke(app, fit).exit_code == 0
-    labelled = tmp_path / "probe.csv"
-    with open(labelled, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(16):
-            writer.writerow([f"the cat sat on mat {i}" if i % 2 else f"stock prices rose {i} percent", i % 2])
+    labelled = labelled_csv(tmp_path / "probe.csv", 16)
     common = ["--n-contexts", "3", "--probe", str(labelled), "--n-texts", "16", "--device", "cpu",
               "--absorption-tokens", "0"]  # fmt: skip
     shared, alone = tmp_path / "shared", tmp_path / "alone"
