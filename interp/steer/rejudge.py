@@ -33,8 +33,7 @@ from interp.core.io import atomic_write_json
 from interp.steer.detection import Detection
 from interp.steer.llm_judge import Complete, check_complete
 from interp.steer.report import UNSTEERED, Layout, write_results
-from interp.steer.run import BASELINES, cell_key
-from interp.steer.run import _finished_cells as finished_cells
+from interp.steer.run import BASELINES, cell_key, finished_cells, read_cells
 from interp.steer.scoring import SCORES, combined, llm_ratings
 
 REJUDGE_MODES = ("llm", "both")
@@ -60,12 +59,7 @@ class Source:
         if missing:
             raise RejudgeError(f"{folder} is not a steer-eval run folder (no {', '.join(missing)}); pass the --out "
                                "folder of an `interp steer-eval` run that has finished at least one cell")  # fmt: skip
-        cells = []
-        for line in (folder / "cells.jsonl").read_text().splitlines():
-            try:
-                cells.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written by a run still going
-                continue
+        cells, _ = read_cells(folder / "cells.jsonl")  # a torn last line: being written by a run still going
         untexted = [f"{c['concept']} / {c['method']}" for c in cells if not c.get("texts")]
         if not cells or untexted:
             raise RejudgeError(f"the cells of {folder} have no generated texts to judge "

@@ -167,17 +167,22 @@ def cell_key(row: dict) -> tuple:
     return row["concept"], row["method"], row["kind"], row["sign"], row["target"]
 
 
-def _finished_cells(path: Path) -> dict[tuple, dict]:
+def read_cells(path: Path) -> tuple[list[dict], bool]:
+    """The cells of a cells.jsonl in file order, and whether a torn line (an interruption, or a run still
+    writing it) was skipped."""
+    cells, torn = [], False
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            cells.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn = True
+    return cells, torn
+
+
+def finished_cells(path: Path) -> dict[tuple, dict]:
     """Cells already written; a line torn by an interruption is dropped (and the file rewritten without it)."""
-    cells, torn = {}, False
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                torn = True
-                continue
-            cells[cell_key(row)] = row
+    rows, torn = read_cells(path)
+    cells = {cell_key(row): row for row in rows}
     if torn:
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in cells.values()))
     return cells
@@ -324,7 +329,7 @@ class _Sweep:
         }
         sampling = Sampling(config.n_samples, config.max_new_tokens, config.top_k, config.top_p, config.seed,
                             config.backend)  # fmt: skip
-        return cls(config, model, site, prompts, judges, sampling, path, _finished_cells(path))
+        return cls(config, model, site, prompts, judges, sampling, path, finished_cells(path))
 
     def _generate(self, split: str, site, direction, alpha: float) -> Texts:
         prompts = self.prompts[split]
