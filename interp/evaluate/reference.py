@@ -25,8 +25,8 @@ REFERENCE_VERSION = 1
 """Bumped when what a reference holds changes (old folders are then not read)."""
 
 
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """A hash of the tensors' dtypes, shapes and bytes (e.g. the token ids a reference was computed on)."""
+def tensor_bytes_digest(*tensors: torch.Tensor) -> str:
+    """An exact hash (unlike core.fingerprint.tensor_digest's sums) of the tensors' dtypes, shapes and bytes (e.g. the token ids a reference was computed on)."""
     digest = hashlib.sha256()
     for t in tensors:
         t = t.detach().cpu().contiguous()
@@ -45,14 +45,14 @@ def model_key(model) -> dict:
     }
 
 
-def text_digest(texts: list[str]) -> str:
-    """A hash of a list of texts (order and boundaries included)."""
-    return hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
+def _full_key(kind: str, key: dict) -> dict:
+    """The key as key.json holds it (JSON round trip: tuples become lists, as read back)."""
+    return json.loads(json.dumps({"version": REFERENCE_VERSION, "kind": kind, **key}, sort_keys=True))
 
 
 def reference_folder(folder: Path, kind: str, key: dict) -> Path:
     """Where the reference of `kind` with `key` lives under `folder`."""
-    text = json.dumps({"version": REFERENCE_VERSION, "kind": kind, **key}, sort_keys=True)
+    text = json.dumps(_full_key(kind, key), sort_keys=True)
     return Path(folder) / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -73,7 +73,7 @@ def cached(folder: Path, kind: str, key: dict, compute: Callable[[], dict[str, t
 def _load_or_compute(where: Path, kind: str, key: dict, compute: Callable[[], dict[str, torch.Tensor]]
                      ) -> dict[str, torch.Tensor]:  # fmt: skip
     key_path, data_path = where / "key.json", where / "tensors.safetensors"
-    wanted = json.loads(json.dumps({"version": REFERENCE_VERSION, "kind": kind, **key}, sort_keys=True))
+    wanted = _full_key(kind, key)
     if key_path.exists() and json.loads(key_path.read_text()) == wanted and data_path.exists():
         return load_file(str(data_path))
     start = time.perf_counter()

@@ -14,7 +14,7 @@ import torch
 
 from interp.corpus import Contexts
 from interp.evaluate.losses import ce_loss_recovered, kl_rows
-from interp.evaluate.reference import model_key, tensor_digest
+from interp.evaluate.reference import model_key, tensor_bytes_digest
 from interp.evaluate.transcode import transcoded_logits
 from interp.models import LoadedModel
 from interp.models.edits import Reconstruct, ZeroAblate
@@ -52,7 +52,7 @@ def reference_key(model: LoadedModel, site: str, contexts: Contexts, n_contexts:
     batching."""
     n = min(n_contexts, contexts.n_contexts)
     return {**model_key(model), "site": target_site or site, "n_contexts": n, "batch_size": batch_size,
-            "tokens": tensor_digest(contexts.token_ids[:n], contexts.lengths[:n])}  # fmt: skip
+            "tokens": tensor_bytes_digest(contexts.token_ids[:n], contexts.lengths[:n])}  # fmt: skip
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from interp.core.fingerprint import json_digest
 from interp.core.io import atomic_write_json
 from interp.corpus import Contexts
 from interp.decompose import load_decomposer
@@ -39,7 +40,7 @@ from interp.evaluate.autointerp_scores import autointerp_scores
 from interp.evaluate.bench import check_settings, collect_rows
 from interp.evaluate.probing import Pooled, TextTokens, pool, sparse_probing, text_tokens, tpp
 from interp.evaluate.recon import evaluate
-from interp.evaluate.reference import cached, model_key, text_digest
+from interp.evaluate.reference import cached, model_key
 from interp.evaluate.report import write_report
 from interp.evaluate.splice import reference_key, splice_reference, spliced_metrics
 from interp.models import load_model
@@ -106,7 +107,7 @@ def _text_tokens(model, store: ActivationStore, texts: LabelledTexts, share: Sha
         found = text_tokens(model, site, texts.texts)
         return {"acts": found.acts, "owner": found.owner, "n_texts": torch.tensor(found.n_texts)}
 
-    key = {**model_key(model), "site": store.site, "texts": text_digest(texts.texts), "max_len": 64,
+    key = {**model_key(model), "site": store.site, "texts": json_digest(texts.texts), "max_len": 64,
            "batch_size": 16}  # fmt: skip
     found = share("probing", key, compute)
     return TextTokens(found["acts"], found["owner"], int(found["n_texts"]))
