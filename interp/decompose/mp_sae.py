@@ -7,7 +7,7 @@ Encoding x `[n, d_in]` with a unit-norm dictionary W_dec `[n_atoms, d_in]` and p
         code[j] += c;  r = r - c W_dec[j]              (so ||r||^2 drops by c^2: it never grows)
     x_hat = code W_dec + b_dec
 Selection runs without gradient on scores kept up to date with the Gram matrix (scores -= c * G[j]: no
-[n, d_in] x [d_in, n_atoms] product per step), over blocks of tokens that stay in cache. Training then takes the
+[n, d_in] x [d_in, n_atoms] product per step), over blocks of tokens. Training then takes the
 gradient of the MSE through the chosen atoms only, with a hand-written backward over the steps
 (`_PursuitResidual`; equal to autograd through the plain loop, tests/test_sae.py). k sets the sparsity; atoms are
 renormalized after every step.
