@@ -108,8 +108,9 @@ def rejudge(source_folder: Path, out: Path, mode: str, complete: Complete, endpo
     _check_resume(out, settings)
     check_complete(check or complete)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {**source.config, "judge": mode})
+    # the settings first: a folder with a config.json alone is a steer-eval run's, which a resume refuses
     atomic_write_json(out / SETTINGS_FILE, settings)
+    atomic_write_json(out / "config.json", {**source.config, "judge": mode})
     shutil.copyfile(source.folder / "detection.csv", out / "detection.csv")
     done = finished_cells(out / "cells.jsonl")
     todo = [c for c in source.cells if cell_key(c) not in done]
