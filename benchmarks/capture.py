@@ -74,10 +74,10 @@ def measure(args: argparse.Namespace) -> dict:
         backend_runner(args.backend)(model, warm, parse_sites(sites))
     run = forward_all if args.backend == "floor" else capture_all
     sync()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run()
     sync()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if model.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -86,6 +86,8 @@ def measure(args: argparse.Namespace) -> dict:
         "layer": args.layer,
         "tokens_per_s": n_tokens / seconds,
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "cpu_tokens_per_s": n_tokens / cpu,
         "peak_mb": peak_mb,
         "device": str(model.device),
         "n_tokens": n_tokens,
@@ -102,6 +104,10 @@ def main() -> None:
     parser.add_argument("--context-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best of each is kept")
+    parser.add_argument(
+        "--backends", default="nnsight,transformer_lens,torch", help="comma-separated capture backends"
+    )
+    parser.add_argument("--layers", default="middle,last,all", help="comma-separated: middle, last, all")
     parser.add_argument("--backend", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--layer", default="middle", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,11 +137,14 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         return json.loads(out)
 
+    layers = args.layers.split(",")
+    if "all" in layers and "last" not in layers:
+        layers.insert(0, "last")  # "all" is measured against the last layer's floor
     # Interleave rounds and keep each measurement's best, so a busy machine skews every row alike.
     names = [
         (b, layer)
-        for layer in ("middle", "last", "all")
-        for b in ("floor", "nnsight", "transformer_lens", "torch")
+        for layer in layers
+        for b in ("floor", *args.backends.split(","))
         if (b, layer) != ("floor", "all")
     ]  # fmt: skip  (the floor of "all" is the floor of the last layer)
     best: dict[tuple[str, str], dict] = {}
@@ -149,7 +158,7 @@ def main() -> None:
         f"model {args.model}, {args.n_contexts} contexts x {args.context_len} tokens, batch {args.batch_size}, "
         f"device {first['device']}, best of {args.repeats}"
     )
-    print(f"{'what':<52}{'tokens/s':>10}{'vs floor':>10}{'peak MB':>10}")
+    print(f"{'what':<52}{'tokens/s':>10}{'vs floor':>10}{'CPU tok/s':>11}{'vs floor':>10}{'peak MB':>10}")
     labels = {
         "middle": "middle layer, 2 sites",
         "last": "last layer, 2 sites",
@@ -160,7 +169,11 @@ def main() -> None:
         what = (f"floor: truncated after the {layer} layer" if backend == "floor"
                 else f"capture {backend}, {labels[layer]}")  # fmt: skip
         ratio = row["tokens_per_s"] / floor["tokens_per_s"]
-        print(f"{what:<52}{row['tokens_per_s']:>10,.0f}{ratio:>9.2f}x{row['peak_mb']:>10,.0f}")
+        cpu_ratio = row["cpu_tokens_per_s"] / floor["cpu_tokens_per_s"]
+        print(
+            f"{what:<52}{row['tokens_per_s']:>10,.0f}{ratio:>9.2f}x{row['cpu_tokens_per_s']:>11,.0f}"
+            f"{cpu_ratio:>9.2f}x{row['peak_mb']:>10,.0f}"
+        )
 
 
 if __name__ == "__main__":

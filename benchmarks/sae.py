@@ -44,12 +44,13 @@ WIDTHS = (
 )  # Matryoshka prefixes (dictionary_learning: group sizes 256, 768, 1024, 2048)
 
 
-def _timed_steps(step, n_steps: int) -> float:
+def _timed_steps(step, n_steps: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of steps 1.. (step 0 warms up)."""
     step(0)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(1, n_steps):
         step(i)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def shared_init(train: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -73,8 +74,9 @@ def _start_from(init: dict[str, torch.Tensor], **params: torch.Tensor) -> None:
         param.copy_(value if value.shape == param.shape else value.T)
 
 
-def _saelens_steps(sae, batches: list[torch.Tensor], lr: float, n_steps: int) -> float:
-    """SAELens' own training step (its `training_forward_pass` loss) under plain Adam; seconds of steps 1.."""
+def _saelens_steps(sae, batches: list[torch.Tensor], lr: float, n_steps: int) -> tuple[float, float]:
+    """SAELens' own training step (its `training_forward_pass` loss) under plain Adam; (wall, CPU) seconds of
+    steps 1.."""
     from sae_lens.saes.sae import TrainStepInput
 
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
@@ -118,11 +120,10 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
             None
         )  # keep the shared init (normalize=False: no scale to set)
         stacked = torch.cat(batches)  # the trainer shuffles; same rows as the peers see
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.fit(stacked, progress=False)
-        seconds = time.perf_counter() - start
-        per_step = seconds / n_steps
-        seconds = per_step * (n_steps - 1)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        seconds, cpu = seconds / n_steps * (n_steps - 1), cpu / n_steps * (n_steps - 1)
         recon = model.decode(model.encode(held))
     elif name == "sparsify_topk":
         from sparsify import SparseCoder, SparseCoderConfig
@@ -139,7 +140,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
             opt.zero_grad()
             sae.set_decoder_norm_to_unit_norm()
 
-        seconds = _timed_steps(step, n_steps)
+        seconds, cpu = _timed_steps(step, n_steps)
         with torch.no_grad():
             recon = sae(held).sae_out
     elif name in ("saelens_topk", "saelens_mpsae"):
@@ -157,7 +158,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
                 stop_on_duplicate_support=False))  # fmt: skip
         names = ("W_enc", "b_enc", "W_dec", "b_dec") if name == "saelens_topk" else ("W_dec", "b_dec")
         _start_from(init, **{key: getattr(sae, key) for key in names})
-        seconds = _saelens_steps(sae, batches, lr, n_steps)
+        seconds, cpu = _saelens_steps(sae, batches, lr, n_steps)
         with torch.no_grad():
             recon = sae.decode(sae.encode(held))
     elif name == "saelens_matryoshka":
@@ -166,7 +167,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
         sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
             d_in=train.shape[1], d_sae=D_SAE, k=K, matryoshka_widths=list(WIDTHS)))  # fmt: skip
         _start_from(init, **{key: getattr(sae, key) for key in ("W_enc", "b_enc", "W_dec", "b_dec")})
-        seconds = _saelens_steps(sae, batches, lr, n_steps)
+        seconds, cpu = _saelens_steps(sae, batches, lr, n_steps)
         with (
             torch.no_grad()
         ):  # the training SAE's BatchTopK codes (its threshold needs more steps than these)
@@ -180,7 +181,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
                                              lr=lr, warmup_steps=1, seed=0, device="cpu")  # fmt: skip
         _start_from(init, **{key: getattr(trainer.ae, key) for key in ("W_enc", "b_enc", "W_dec", "b_dec")})
 
-        seconds = _timed_steps(lambda i: trainer.update(i, batches[i]), n_steps)
+        seconds, cpu = _timed_steps(lambda i: trainer.update(i, batches[i]), n_steps)
         with torch.no_grad():
             recon = trainer.ae.decode(trainer.ae.encode(held, use_threshold=False))
     elif name == "overcomplete_mpsae":
@@ -200,7 +201,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
             opt.step()
             opt.zero_grad()
 
-        seconds = _timed_steps(step, n_steps)
+        seconds, cpu = _timed_steps(step, n_steps)
         with torch.no_grad():
             recon = sae(held)[2]
     elif name == "dictlearn_topk":
@@ -215,7 +216,7 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
             init, W_enc=ae.encoder.weight, b_enc=ae.encoder.bias, W_dec=ae.decoder.weight, b_dec=ae.b_dec
         )
 
-        seconds = _timed_steps(lambda i: trainer.update(i, batches[i]), n_steps)
+        seconds, cpu = _timed_steps(lambda i: trainer.update(i, batches[i]), n_steps)
         with torch.no_grad():
             recon = trainer.ae.decode(trainer.ae.encode(held))
     elif name == "dense_topk":  # a plain dense TopK SAE in a few lines, for orientation
@@ -233,14 +234,16 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
             opt.step()
             opt.zero_grad()
 
-        seconds = _timed_steps(step, n_steps)
+        seconds, cpu = _timed_steps(step, n_steps)
         with torch.no_grad():
             recon = forward(held)
     else:
         raise SystemExit(f"unknown worker {name}")
-    rows_per_s = (n_steps - 1) * BATCH / seconds
+    rows_per_s, cpu_rows_per_s = (n_steps - 1) * BATCH / seconds, (n_steps - 1) * BATCH / cpu
     fvu = float((held - recon).square().sum() / (held - held.mean(0)).square().sum())
-    Path(out_path).write_text(json.dumps({"name": name, "rows_per_s": rows_per_s, "fvu": fvu}))
+    Path(out_path).write_text(
+        json.dumps({"name": name, "rows_per_s": rows_per_s, "cpu_rows_per_s": cpu_rows_per_s, "fvu": fvu})
+    )
 
 
 def planted(n: int, d: int = 640, atoms: int = 4096, active: int = 32, seed: int = 0) -> torch.Tensor:
@@ -290,28 +293,31 @@ def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps
                 row = json.loads(out.read_text())
                 row["steps"] = steps
                 runs.setdefault(name, []).append(row)
-                print(f"  round {round_ + 1}: {name:<20}{row['rows_per_s']:>10,.0f} rows/s  FVU {row['fvu']:.4f}",
-                      flush=True)  # fmt: skip
+                print(f"  round {round_ + 1}: {name:<20}{row['rows_per_s']:>10,.0f} rows/s "
+                      f"{row['cpu_rows_per_s']:>10,.0f} rows/CPU-s  FVU {row['fvu']:.4f}", flush=True)  # fmt: skip
     print(
         "Same init for all (unit W_dec from one seed, W_enc its transpose, b_enc 0, b_dec the train mean) and a "
         "constant learning rate; still different: dictionary-learning re-sets b_dec to the first batch's geometric "
         "median; overcomplete's MP-SAE keeps its own init; "
         "interp's trainer samples its batches from the same rows in its own order."
     )
-    print(f"{'method':<22}{'steps':>6}{'rows/s':>10}{'held-out FVU':>14}{'interp speed / this':>21}")
+    print(f"{'method':<22}{'steps':>6}{'rows/s':>10}{'rows/CPU-s':>12}{'held-out FVU':>14}"
+          f"{'interp speed / this':>21}{'(CPU time)':>12}")  # fmt: skip
     for family in families:
         names = [name for name in runs if name.endswith(family)]
         ours = runs.get(f"interp_{family}", [])
         for name in names:
             rates = [r["rows_per_s"] for r in runs[name]]
-            ratio = "-"
+            cpu_rates = [r["cpu_rows_per_s"] for r in runs[name]]
+            ratio = cpu_ratio = "-"
             if ours and not name.startswith("interp"):
                 pairs = [a["rows_per_s"] / b for a, b in zip(ours, rates, strict=False)]
                 ratio = f"{statistics.median(pairs):.2f}x"
+                pairs = [a["cpu_rows_per_s"] / b for a, b in zip(ours, cpu_rates, strict=False)]
+                cpu_ratio = f"{statistics.median(pairs):.2f}x"
             first = runs[name][0]
-            print(
-                f"{name:<22}{first['steps']:>6}{statistics.median(rates):>10,.0f}{first['fvu']:>14.4f}{ratio:>21}"
-            )
+            print(f"{name:<22}{first['steps']:>6}{statistics.median(rates):>10,.0f}"
+                  f"{statistics.median(cpu_rates):>12,.0f}{first['fvu']:>14.4f}{ratio:>21}{cpu_ratio:>12}")  # fmt: skip
 
 
 def main() -> None:
