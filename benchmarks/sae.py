@@ -13,7 +13,8 @@ number of steps (`--steps`; SAELens' and overcomplete's
 MP-SAEs, ~8 s and ~45 s a step on 2 cores, run `--slow-steps`); activations are scaled to mean norm sqrt(d_in)
 once, here, for everyone. Rows/s exclude the first (warm-up) step; interp's include its trainer's own work
 (sampling, metrics). FVU is measured by this script on held-out rows from each method's reconstruction. The last
-column is interp's rows/s over the row's (the TopK target: >= 1.2x sparsify; MP-SAE: >= 5x SAELens' MP-SAE).
+column is interp's rows/s over the row's (the TopK target: >= 1.2x sparsify; MP-SAE: >= 5x SAELens' MP-SAE). interp's steps are timed
+as a fit of `--steps` steps less a fit of 1 step from the same init (its setup and end-of-fit evaluation cancel).
 `--families matryoshka`: Matryoshka BatchTopK with prefixes 256, 1024, 2048, 4096, interp vs SAELens'
 MatryoshkaBatchTopKTrainingSAE vs dictionary_learning's MatryoshkaBatchTopKTrainer (one venv with both works).
 Each interp run sits next to its closest peer in the order, as the machine may be shared.
@@ -103,27 +104,35 @@ def worker(name: str, data_path: str, n_steps: int, lr: float, out_path: str) ->
         from interp.decompose.mp_sae import MPSAE, MPSAEConfig
         from interp.decompose.sae import SAE, SAEConfig
 
-        # constant learning rate (warmup 1 step, no decay), as the peers' plain Adam loops
-        common = {"n_features": D_SAE, "k": K, "batch_size": BATCH, "n_steps": n_steps, "lr": lr, "normalize": False,
-                  "warmup_steps": 1, "decay_start": 1.0, "device": "cpu"}  # fmt: skip
-        model = {
-            "interp_topk": lambda: SAE(SAEConfig(architecture="topk", **common)),
-            "interp_matryoshka": lambda: SAE(
-                SAEConfig(architecture="matryoshka", matryoshka_widths=WIDTHS, **common)
-            ),
-            "interp_mpsae": lambda: MPSAE(MPSAEConfig(**common)),
-        }[name]()
-        module = model.build(train.shape[1])
-        untied = {"W_enc": module.W_enc, "b_enc": module.b_enc} if name != "interp_mpsae" else {}
-        _start_from(init, W_dec=module.W_dec, b_dec=module.b_dec, **untied)
         trainer._init_from_data = lambda *args: (
             None
         )  # keep the shared init (normalize=False: no scale to set)
         stacked = torch.cat(batches)  # the trainer shuffles; same rows as the peers see
-        start, cpu = time.perf_counter(), time.process_time()
-        model.fit(stacked, progress=False)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        seconds, cpu = seconds / n_steps * (n_steps - 1), cpu / n_steps * (n_steps - 1)
+
+        def fitted(steps: int):
+            """(model, wall s, CPU s) of a whole fit of `steps` steps from the shared init."""
+            # constant learning rate (warmup 1 step, no decay), as the peers' plain Adam loops
+            common = {"n_features": D_SAE, "k": K, "batch_size": BATCH, "n_steps": steps, "lr": lr,
+                      "normalize": False, "warmup_steps": 1, "decay_start": 1.0, "device": "cpu"}  # fmt: skip
+            model = {
+                "interp_topk": lambda: SAE(SAEConfig(architecture="topk", **common)),
+                "interp_matryoshka": lambda: SAE(
+                    SAEConfig(architecture="matryoshka", matryoshka_widths=WIDTHS, **common)
+                ),
+                "interp_mpsae": lambda: MPSAE(MPSAEConfig(**common)),
+            }[name]()
+            module = model.build(train.shape[1])
+            untied = {"W_enc": module.W_enc, "b_enc": module.b_enc} if name != "interp_mpsae" else {}
+            _start_from(init, W_dec=module.W_dec, b_dec=module.b_dec, **untied)
+            start, cpu = time.perf_counter(), time.process_time()
+            model.fit(stacked, progress=False)
+            return model, time.perf_counter() - start, time.process_time() - cpu
+
+        # steps 1.. as for the peers: a fit of n steps less a fit of 1 (setup, the first step, the end-of-fit
+        # evaluation cancel out)
+        _, seconds_1, cpu_1 = fitted(1)
+        model, seconds, cpu = fitted(n_steps)
+        seconds, cpu = seconds - seconds_1, cpu - cpu_1
         recon = model.decode(model.encode(held))
     elif name == "sparsify_topk":
         from sparsify import SparseCoder, SparseCoderConfig
@@ -255,7 +264,8 @@ def planted(n: int, d: int = 640, atoms: int = 4096, active: int = 32, seed: int
 
 
 def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps: int, slow_steps: int,
-            lr: float, rounds: int = 1, families: tuple[str, ...] = ("topk", "mpsae")) -> None:  # fmt: skip
+            lr: float, rounds: int = 1, families: tuple[str, ...] = ("topk", "mpsae"),
+            skip: tuple[str, ...] = ()) -> None:  # fmt: skip
     """Train every method on the same rows, `rounds` times (odd rounds in reverse order), and print one table:
     median rows/s, held-out FVU (first round) and the median over rounds of interp's rows/s over the method's."""
     x = x * (x.shape[1] ** 0.5 / x.norm(dim=1).mean())  # mean norm sqrt(d_in), for every method alike
@@ -276,7 +286,8 @@ def run_all(x: torch.Tensor, title: str, pythons: dict[str, str | None], n_steps
                 ("interp_mpsae", sys.executable), ("overcomplete_mpsae", pythons["overcomplete"]),
                 ("saelens_matryoshka", pythons["saelens"]), ("interp_matryoshka", sys.executable),
                 ("dictlearn_matryoshka", pythons["dictionary_learning"])]  # fmt: skip
-        plan = [(name, python) for name, python in plan if python is not None and name.endswith(families)]
+        plan = [(name, python) for name, python in plan
+                if python is not None and name.endswith(families) and name not in skip]  # fmt: skip
         for round_ in range(rounds):
             for name, python in plan if round_ % 2 == 0 else plan[::-1]:
                 out = Path(tmp) / f"{name}.json"
@@ -339,6 +350,9 @@ def main() -> None:
     parser.add_argument("--skip-planted", action="store_true", help="only the --store run")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every run (alternating order); medians")
     parser.add_argument("--families", default="topk,mpsae", help="comma-separated: topk, mpsae, matryoshka")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated methods not to run, e.g. saelens_topk,dense_topk"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -350,11 +364,12 @@ def main() -> None:
     pythons = {"saelens": args.saelens, "sparsify": args.sparsify, "overcomplete": args.overcomplete,
                "dictionary_learning": args.dictionary_learning}  # fmt: skip
     families = tuple(args.families.split(","))
+    skip = tuple(args.skip.split(","))
     print(f"torch threads: {torch.get_num_threads()}")
     n_rows = args.steps * BATCH + 8192
     if not args.skip_planted:
         run_all(planted(n_rows), "Planted dictionary (4096 unit atoms, 32 active)", pythons, args.steps,
-                args.slow_steps, args.lr, args.rounds, families)  # fmt: skip
+                args.slow_steps, args.lr, args.rounds, families, skip)  # fmt: skip
     if args.store is not None:
         from interp.store import ActivationStore
 
@@ -362,7 +377,7 @@ def main() -> None:
         x = store.load_all()[:n_rows]
         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))]
         run_all(x, f"Real activations {store.manifest.model} {store.site}", pythons, args.steps, args.slow_steps,
-                args.lr, args.rounds, families)  # fmt: skip
+                args.lr, args.rounds, families, skip)  # fmt: skip
 
 
 if __name__ == "__main__":
